@@ -1,0 +1,27 @@
+# cccad: `make smoke` and `make test` each install into .venv first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install smoke test bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+smoke: install
+	$(VENV)/bin/cccad local configs/studies/smoke.yaml
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,5 @@
+import sys
+
+from cccad.cli import main
+
+sys.exit(main())

@@ -1,0 +1,385 @@
+"""The one config system: YAML files that extend each other, `key=value` overrides, a typed schema.
+
+A config file is a mapping of sections (see `Config`). `extends: path` (or a list of paths,
+relative to the file) merges the parents first; the file's own keys win. Every key is checked
+against the dataclass schema below; any problem raises `ConfigError` with a one-line message
+naming the key and the file (or "command line") that set it, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the key and where it came from."""
+
+
+ENV_NAMES = ("darkroom", "darkroom_hard", "dark_key_to_door")
+
+
+@dataclass
+class EnvConfig:
+    name: Literal["darkroom", "darkroom_hard", "dark_key_to_door"] = "darkroom"
+    size: int = 9  # grid side
+    horizon: int = 20  # steps per episode
+    test_fraction: float = 0.1  # share of tasks held out for in-context evaluation
+    split_seed: int = 0  # the train/test split depends on this only, not on the run seed
+
+    def check(self, err):
+        if self.size < 2:
+            err("size", "must be at least 2")
+        if self.horizon < 1:
+            err("horizon", "must be positive")
+        if not 0.0 < self.test_fraction < 1.0:
+            err("test_fraction", "must be between 0 and 1 (exclusive)")
+
+
+@dataclass
+class CollectConfig:
+    source: Literal["qlearning", "sb3_ppo"] = "qlearning"
+    streams_per_task: int = 50  # independent learning histories per training task
+    episodes: int = 400  # episodes in each learning history
+    # batched tabular Q-learning
+    q_lr: float = 0.3
+    gamma: float = 0.9
+    q_init: float = 1.0  # optimistic initial value: drives systematic exploration
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_decay_fraction: float = 0.5  # share of the history over which epsilon decays linearly
+    # stable-baselines3 PPO (per task, slow; for fidelity with published setups)
+    ppo_n_steps: int = 100
+    ppo_batch_size: int = 50
+    ppo_lr: float = 0.0003
+
+    def check(self, err):
+        for key in ("streams_per_task", "episodes", "ppo_n_steps", "ppo_batch_size"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        for key in ("q_lr", "gamma", "eps_start", "eps_end", "eps_decay_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                err(key, "must be within [0, 1]")
+        if self.ppo_lr <= 0:
+            err("ppo_lr", "must be positive")
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["ad"] = "ad"
+    context_len: int = 200  # transitions the model attends to (one token each)
+    n_embd: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    dropout: float = 0.0
+
+    def check(self, err):
+        for key in ("context_len", "n_embd", "n_layer", "n_head"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if self.n_embd % max(self.n_head, 1):
+            err("n_embd", f"must be divisible by n_head ({self.n_head})", related="n_head")
+        if not 0.0 <= self.dropout < 1.0:
+            err("dropout", "must be within [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = ""  # folder of the collected dataset; the study runner fills it in
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 0.0003
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    num_warmup_steps: int = 500
+    grad_clip: float = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    val_fraction: float = 0.05  # share of streams held out for validation loss
+    val_every: int = 1000
+    val_batches: int = 8
+
+    def check(self, err):
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                    "val_every", "val_batches"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if self.lr <= 0:
+            err("lr", "must be positive")
+        if self.num_warmup_steps < 0 or self.num_warmup_steps > self.steps:
+            err("num_warmup_steps", f"must be within [0, steps={self.steps}]", related="steps")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            err("betas", "must be two numbers in [0, 1)")
+        if self.grad_clip < 0:
+            err("grad_clip", "must be >= 0 (0 disables clipping)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            err("val_fraction", "must be within [0, 1)")
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = ""  # run folder of the trained model; the study runner fills it in
+    episodes: int = 40  # consecutive in-context episodes, context carried across them
+    streams_per_task: int = 4  # independent evaluation streams per held-out task
+    greedy: bool = False  # sample actions (as AD does) unless true
+    batch_size: int = 512  # (task, stream) pairs stepped at once
+
+    def check(self, err):
+        for key in ("episodes", "streams_per_task", "batch_size"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+
+
+STAGE_NAMES = ("collect", "train", "evaluate")
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    envs: list[str] = field(default_factory=lambda: ["darkroom"])  # configs/envs/<name>.yaml
+    seeds: list[int] = field(default_factory=lambda: [0])
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    # variant name -> {dotted key: value} applied to the train and evaluate stages
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"AD": {}})
+
+    def check(self, err):
+        if not self.envs:
+            err("envs", "must list at least one env")
+        if not self.seeds:
+            err("seeds", "must list at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            err("seeds", "has duplicates")
+        for stage in self.stages:
+            if stage not in STAGE_NAMES:
+                err("stages", f"unknown stage '{stage}' (known: {', '.join(STAGE_NAMES)})")
+        if not self.variants:
+            err("variants", "must name at least one variant")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def check(self, err):
+        pass
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of some sections (e.g. what determines a dataset: env, collect and seed)."""
+        return config_hash({s: getattr(self, s) if s == "seed" else dataclasses.asdict(getattr(self, s))
+                            for s in sections})
+
+
+def config_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping with its `extends` chain merged; each key is tagged with its source file."""
+    tree, _ = _read_with_sources(Path(path), seen=())
+    return tree
+
+
+def _read_with_sources(path: Path, seen: tuple) -> tuple[dict, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    parents = data.pop("extends", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: extends: must be a path or a list of paths")
+    tree, sources = {}, {}
+    for parent in parents:
+        ptree, psources = _read_with_sources(path.parent / parent, seen + (path.resolve(),))
+        merge_into(tree, ptree)
+        sources.update(psources)
+    merge_into(tree, data)
+    sources.update({k: str(path) for k in flatten(data)})
+    return tree, sources
+
+
+def flatten(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        dotted = f"{prefix}{k}"
+        # variant overrides are free-form mappings checked separately
+        if isinstance(v, dict) and v and dotted != "study.variants":
+            keys += flatten(v, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def merge_into(base: dict, update: dict) -> dict:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge_into(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=value` strings to a nested mapping; values are parsed as YAML scalars/lists."""
+    pairs = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like key=value")
+        key, _, raw = item.partition("=")
+        try:
+            pairs[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"command line: {key}: cannot parse value '{raw}'") from None
+    return nest(pairs, "command line")
+
+
+def nest(pairs: dict[str, Any], source: str) -> dict:
+    """{"a.b": v} to {"a": {"b": v}}."""
+    tree: dict = {}
+    for key, value in pairs.items():
+        node = tree
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: {key}: conflicts with another key")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple = (),
+                extra: list[tuple[dict, str]] = ()) -> Config:
+    """Load, merge and validate. `extra` holds (mapping, source name) layers applied after the
+    file and before the command-line overrides (the study runner's env and variant layers)."""
+    tree, sources = _read_with_sources(Path(path), seen=()) if path else ({}, {})
+    for layer, name in list(extra) + [(parse_overrides(list(overrides)), "command line")]:
+        merge_into(tree, layer)
+        sources.update({k: name for k in flatten(layer)})
+    return build(tree, sources)
+
+
+def build(tree: dict, sources: dict[str, str]) -> Config:
+    cfg = _build_dataclass(Config, tree, "", sources)
+    _check_all(cfg, "", sources)
+    return cfg
+
+
+def _source(sources: dict, key: str) -> str:
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return "defaults"
+
+
+def _fail(sources, key, message):
+    raise ConfigError(f"{_source(sources, key)}: {key}: {message}")
+
+
+def _build_dataclass(cls, data: Any, prefix: str, sources: dict):
+    if not isinstance(data, dict):
+        _fail(sources, prefix.rstrip("."), f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{_source(sources, dotted)}: unknown key '{dotted}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", sources)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key, sources):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, key + ".", sources)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(str(a) for a in typing.get_args(tp))
+            _fail(sources, key, f"'{value}' is not one of: {choices}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            _fail(sources, key, f"expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(item_tp, v, f"{key}[{i}]", sources) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            _fail(sources, key, f"expected a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(val_tp, v, f"{key}.{k}", sources) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(sources, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(sources, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(sources, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(sources, key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported schema type {tp} for {key}")
+
+
+def _check_all(obj, prefix: str, sources: dict):
+    def err(key, message, related=None):
+        """`related`: the other key of a cross-field check, named when it is the one a file set."""
+        key = f"{prefix}{key}"
+        if related and _source(sources, key) == "defaults":
+            raise ConfigError(f"{_source(sources, prefix + related)}: {key}: {message} (set by {prefix}{related})")
+        _fail(sources, key, message)
+
+    obj.check(err)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_all(value, f"{prefix}{f.name}.", sources)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

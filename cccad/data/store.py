@@ -1,0 +1,156 @@
+"""The one dataset format: a folder of .npy arrays plus manifest.json.
+
+- Written once, atomically: arrays are filled in a hidden temporary folder (memory-mapped, so a
+  dataset may be larger than memory), checksummed, the manifest written last, then the folder is
+  renamed into place. A folder without a valid manifest is never a dataset.
+- Read memory-mapped without pickle (`np.load(..., mmap_mode="r", allow_pickle=False)`).
+- Refused, with a message naming what differs, when its config hash does not match the
+  requesting config, when a file is missing or truncated, or when a checksum fails.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cccad.fs import atomic_write_text, fsync_dir
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be used; the message names the folder and what is wrong."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DatasetWriter:
+    """Create arrays with `create` (memory-mapped, fill them in place), then `commit`."""
+
+    def __init__(self, path: str | Path, kind: str, config: dict, config_hash: str):
+        self.path = Path(path)
+        if (self.path / MANIFEST).exists():
+            raise DatasetError(f"{self.path}: a dataset already exists here; refusing to overwrite it")
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.kind, self.config, self.config_hash = kind, config, config_hash
+        self.arrays: dict[str, np.memmap] = {}
+
+    def create(self, name: str, shape: tuple, dtype) -> np.memmap:
+        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
+        self.arrays[name] = arr
+        return arr
+
+    def add(self, name: str, values: np.ndarray):
+        self.create(name, values.shape, values.dtype)[...] = values
+
+    def commit(self, counts: dict, meta: dict | None = None) -> Path:
+        entries = {}
+        for name, arr in self.arrays.items():
+            arr.flush()
+            file = self.tmp / f"{name}.npy"
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+            entries[name] = {"file": file.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                             "bytes": file.stat().st_size, "sha256": _sha256(file)}
+        del self.arrays
+        manifest = {"format_version": FORMAT_VERSION, "kind": self.kind, "config_hash": self.config_hash,
+                    "config": self.config, "counts": counts, "arrays": entries, "meta": meta or {},
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(self.tmp / MANIFEST, json.dumps(manifest, indent=1))
+        if self.path.exists():  # an earlier partial attempt without a manifest: never valid
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Dataset:
+    """A validated dataset; `arrays[name]` are read-only memory maps."""
+
+    def __init__(self, path: Path, manifest: dict, arrays: dict[str, np.ndarray]):
+        self.path, self.manifest, self.arrays = path, manifest, arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest["meta"]
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    file = path / MANIFEST
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no dataset folder here")
+    if not file.is_file():
+        raise DatasetError(f"{path}: no {MANIFEST} (an unfinished or foreign folder, not a dataset)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DatasetError(f"{file}: manifest is not valid JSON (truncated or corrupt)") from None
+    for key in ("format_version", "kind", "config_hash", "config", "arrays", "counts"):
+        if key not in manifest:
+            raise DatasetError(f"{file}: manifest lacks '{key}'")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise DatasetError(f"{file}: format version {manifest['format_version']}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def _diff(expected: dict, found: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(expected) | set(found)):
+        e, f = expected.get(k), found.get(k)
+        if isinstance(e, dict) and isinstance(f, dict):
+            out += _diff(e, f, f"{prefix}{k}.")
+        elif e != f:
+            out.append(f"{prefix}{k}={f!r} (config wants {e!r})")
+    return out
+
+
+def open_dataset(path: str | Path, kind: str | None = None, expect_config: dict | None = None,
+                 expect_hash: str | None = None, verify: bool = True) -> Dataset:
+    """Open and validate. `verify` recomputes every checksum; sizes are always checked."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if kind and manifest["kind"] != kind:
+        raise DatasetError(f"{path}: holds a '{manifest['kind']}' dataset, expected '{kind}'")
+    if expect_hash and manifest["config_hash"] != expect_hash:
+        diff = _diff(expect_config or {}, manifest["config"]) or ["config hash differs"]
+        raise DatasetError(f"{path}: dataset does not match the config: " + "; ".join(diff[:5]))
+    arrays = {}
+    for name, entry in manifest["arrays"].items():
+        file = path / entry["file"]
+        if not file.is_file():
+            raise DatasetError(f"{file}: missing array file '{name}'")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise DatasetError(f"{file}: {size} bytes, manifest says {entry['bytes']} (truncated or corrupt)")
+        if verify and _sha256(file) != entry["sha256"]:
+            raise DatasetError(f"{file}: checksum mismatch (corrupt)")
+        try:
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise DatasetError(f"{file}: unreadable array ({e})") from None
+        if list(arr.shape) != entry["shape"] or str(arr.dtype) != entry["dtype"]:
+            raise DatasetError(f"{file}: shape {list(arr.shape)} {arr.dtype}, manifest says "
+                               f"{entry['shape']} {entry['dtype']}")
+        arrays[name] = arr
+    return Dataset(path, manifest, arrays)

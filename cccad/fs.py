@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes):
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str):
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def torch_load(path: Path):
+    """Checkpoints are loaded without executing pickled code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,69 @@
+"""What every run records: its manifest (code version, resolved config, packages, host, job) and
+its metrics.json, stamped with the config hash that the study runner checks before skipping it."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from cccad.config import Config, config_hash
+from cccad.fs import atomic_write_json
+
+PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_baselines3", "gymnasium",
+            "ale_py", "tensorboard", "PyYAML", "transformers")
+METRICS = "metrics.json"
+
+
+def run_hash(cfg: Config) -> str:
+    """Everything but the study section decides a run's outputs."""
+    d = cfg.to_dict()
+    d.pop("study")
+    return config_hash(d)
+
+
+def git_commit() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD") or os.environ.get("CCCAD_GIT_COMMIT", "unknown"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
+    atomic_write_json(run_dir / "manifest.json", {
+        "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg),
+        "packages": package_versions(), "python": sys.version.split()[0], "host": socket.gethostname(),
+        "platform": platform.platform(), "container_image": os.environ.get("CCCAD_IMAGE"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def write_metrics(run_dir: Path, cfg: Config, stage: str, metrics: dict) -> None:
+    atomic_write_json(run_dir / METRICS, {"stage": stage, "config_hash": run_hash(cfg), **metrics})
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / METRICS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,13 @@
+"""Stages: each is a small module with the same five names, so the CLI, the local runner and the
+cluster submitter treat them alike.
+
+    NEEDS        upstream stages whose run folder this stage reads
+    INPUT_KEYS   {upstream stage: config key that receives the upstream run folder}
+    PER_VARIANT  whether the stage runs once per study variant
+    preflight(cfg)              raise ConfigError before any work if inputs are missing
+    run(cfg, run_dir, log)      do the work; return the metrics dict
+    outputs_valid(cfg, run_dir) whether outputs exist and validate (beyond metrics.json)
+"""
+from cccad.stages import collect, evaluate, train
+
+STAGES = {"collect": collect, "train": train, "evaluate": evaluate}

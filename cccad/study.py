@@ -1,0 +1,119 @@
+"""A study: the stage graph of each env, expanded over seeds and variants into tasks.
+
+Run folders are `runs/<study>/{stage}-{env}-seed{seed}` (per-variant stages:
+`{stage}-{variant}-{env}-seed{seed}`). Every task's config is resolved, and so validated, when the
+graph is built: a bad study fails before anything runs. `run_local` runs tasks in dependency
+order in subprocesses (as a cluster would), skipping tasks whose outputs exist and validate; a
+failed task only stops the tasks that need it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
+from cccad.fs import atomic_write_text
+from cccad.runinfo import read_metrics, run_hash
+from cccad.stages import STAGES
+
+
+@dataclass
+class Task:
+    stage: str
+    env: str
+    seed: int
+    variant: str | None
+    run_dir: Path
+    config: Config
+    needs: list["Task"] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def complete(self) -> bool:
+        metrics = read_metrics(self.run_dir)
+        return (metrics is not None and metrics.get("config_hash") == run_hash(self.config)
+                and STAGES[self.stage].outputs_valid(self.config, self.run_dir))
+
+
+def env_layer(study_file: Path, env: str) -> tuple[dict, str]:
+    path = study_file.parent.parent / "envs" / f"{env}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{study_file}: study.envs: unknown env '{env}' (no {path})")
+    layer = read_yaml(path)
+    if set(layer) - {"env"}:
+        raise ConfigError(f"{path}: an env file may only set the 'env' section")
+    return layer, str(path)
+
+
+def folder(stage: str, env: str, seed: int, variant: str | None) -> str:
+    middle = f"{variant}-" if variant else ""
+    return f"{stage.replace('_', '-')}-{middle}{env}-seed{seed}"
+
+
+def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: str | Path = "runs") -> tuple[Config, list[Task]]:
+    """All tasks of a study in dependency order."""
+    study_file = Path(study_file)
+    base = load_config(study_file, overrides)
+    st = base.study
+    out = Path(runs_root) / st.name
+    stages = [s for s in STAGES if s in st.stages]  # registry order is dependency order
+    for s in stages:
+        for need in STAGES[s].NEEDS:
+            if need not in stages:
+                raise ConfigError(f"{study_file}: study.stages: '{s}' needs '{need}', which is not listed")
+    tasks: list[Task] = []
+    index: dict[tuple, Task] = {}
+    for env in st.envs:
+        layer = env_layer(study_file, env)
+        for seed in st.seeds:
+            for stage in stages:
+                mod = STAGES[stage]
+                for variant in (st.variants if mod.PER_VARIANT else [None]):
+                    extra = [layer, ({"seed": seed}, f"{study_file} (study.seeds)")]
+                    if variant is not None:
+                        where = f"{study_file} (study.variants.{variant})"
+                        extra.append((nest(st.variants[variant], where), where))
+                    needs, inputs = [], {}
+                    for need in mod.NEEDS:
+                        up = index[(need, env, seed, variant if STAGES[need].PER_VARIANT else None)]
+                        needs.append(up)
+                        section, key = mod.INPUT_KEYS[need].split(".")
+                        inputs.setdefault(section, {})[key] = str(up.run_dir)
+                    extra.append((inputs, "study runner"))
+                    cfg = load_config(study_file, overrides, extra=extra)
+                    task = Task(stage, env, seed, variant, out / folder(stage, env, seed, variant), cfg, needs)
+                    index[(stage, env, seed, variant)] = task
+                    tasks.append(task)
+    return base, tasks
+
+
+def run_local(tasks: list[Task], log=print) -> dict[str, str]:
+    """Run every incomplete task in order; returns {task name: done|cached|failed|blocked}."""
+    status: dict[str, str] = {}
+    for task in tasks:
+        if any(status[n.name] not in ("done", "cached") for n in task.needs):
+            status[task.name] = "blocked"
+            log(f"[blocked] {task.name}: an upstream task failed")
+            continue
+        if task.complete():
+            status[task.name] = "cached"
+            log(f"[cached]  {task.name}")
+            continue
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
+        atomic_write_text(config_file, dump_yaml(task.config))
+        log(f"[run]     {task.name}")
+        t0 = time.perf_counter()
+        with open(task.run_dir / "log.txt", "ab") as logf:
+            rc = subprocess.call([sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file),
+                                  "--out", str(task.run_dir)], stdout=logf, stderr=subprocess.STDOUT)
+        ok = rc == 0 and task.complete()
+        status[task.name] = "done" if ok else "failed"
+        log(f"[{'done' if ok else 'FAILED'}]    {task.name} ({time.perf_counter() - t0:.0f}s)"
+            + ("" if ok else f", see {task.run_dir / 'log.txt'}"))
+    return status

@@ -1,0 +1,200 @@
+"""The one training loop, shared by every training stage.
+
+A stage hands over a model, a loss, and a batch function that is a pure function of the step
+number (each rank draws its batch from an RNG seeded with (seed, step, rank)), so the data
+position is the step and resuming needs no sampler state. Checkpoints hold model, optimizer,
+scheduler, step and RNG states; they are written atomically and loaded without pickle.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from cccad.config import Config, TrainConfig
+from cccad.fs import atomic_torch_save, torch_load
+
+CKPT_DIR = "checkpoints"
+FINAL_MODEL = "model.pt"
+RESUME_SECTIONS = ("seed", "env", "collect", "model", "train")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class Objective:
+    """What a stage trains: `loss(model, batch) -> (loss, {name: float})`; `batch(step, rng)`
+    returns the training batch for a step; `val_batch(i)` a fixed validation batch (or None)."""
+    model: torch.nn.Module
+    loss: Callable
+    batch: Callable[[int, np.random.Generator], dict]
+    val_batch: Callable[[int], dict] | None = None
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step):
+        if step < cfg.num_warmup_steps:
+            return (step + 1) / cfg.num_warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.num_warmup_steps) / max(1, cfg.steps - cfg.num_warmup_steps)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    files = [(int(m.group(1)), p) for p in (run_dir / CKPT_DIR).glob("step-*.pt")
+             if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(files)]
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    try:
+        state = torch_load(path)
+    except Exception as e:  # truncated zip, bad magic, forbidden pickle global ...
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return state
+
+
+def _move(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
+    """Train `objective` for cfg.train.steps, resuming from the latest checkpoint in run_dir."""
+    tc = cfg.train
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(tc)
+    torch.manual_seed(cfg.seed)
+    model = objective.model
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    resume_hash = cfg.section_hash(*RESUME_SECTIONS)
+
+    start, history = 0, []
+    ckpts = checkpoint_files(run_dir)
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], ("model_state_dict", "optimizer_state_dict",
+                                            "scheduler_state_dict", "global_step", "rng", "config_hash"))
+        if state["config_hash"] != resume_hash:
+            raise CheckpointError(f"{ckpts[-1]}: written by a different config (hash {state['config_hash']}, "
+                                  f"this run {resume_hash}); use a new run folder or delete {run_dir / CKPT_DIR}")
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        _set_rng_state(state["rng"])
+        start, history = state["global_step"], state.get("history", [])
+        log(f"resumed from {ckpts[-1]} at step {start}")
+
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+    writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
+    rank = accelerator.process_index
+
+    def save(step: int):
+        if not accelerator.is_main_process:
+            return
+        atomic_torch_save(run_dir / CKPT_DIR / f"step-{step:08d}.pt", {
+            "model_state_dict": raw_model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": scheduler.state_dict(), "global_step": step, "rng": _rng_state(),
+            "config": cfg.to_dict(), "config_hash": resume_hash, "history": history})
+        for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
+            old.unlink()
+
+    def validate() -> float | None:
+        if objective.val_batch is None:
+            return None
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            losses = [objective.loss(model, _move(objective.val_batch(i), accelerator.device))[0].item()
+                      for i in range(tc.val_batches)]
+        model.train()
+        return float(np.mean(losses))
+
+    model.train()
+    bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
+    t0, samples, last_loss = time.perf_counter(), 0, float("nan")
+    for step in range(start, tc.steps):
+        rng = np.random.default_rng([cfg.seed, step, rank])
+        batch = _move(objective.batch(step, rng), accelerator.device)
+        with accelerator.autocast():
+            loss, stats = objective.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        optimizer.step()
+        scheduler.step()
+        samples += tc.batch_size
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            last_loss = loss.item()
+            rate = samples / (time.perf_counter() - t0)
+            row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
+                   **{k: float(v) for k, v in stats.items()}}
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            if done % tc.val_every == 0 or done == tc.steps:
+                row["val_loss"] = validate()
+            history.append(row)
+            if writer:
+                writer.add_scalar("train/loss", row["loss"], done)
+                writer.add_scalar("lr", row["lr"], done)
+                writer.add_scalar("train/samples_per_s", rate, done)
+                for k, v in row.items():
+                    if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
+                        writer.add_scalar(f"val/loss" if k == "val_loss" else f"train/{k}", v, done)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+        bar.update(1)
+        if done % tc.checkpoint_every == 0 and done < tc.steps:
+            save(done)
+    bar.close()
+    if writer:
+        writer.close()
+    if accelerator.is_main_process:
+        atomic_torch_save(run_dir / FINAL_MODEL, {"model_state_dict": raw_model.state_dict(),
+                                                  "global_step": tc.steps, "config": cfg.to_dict()})
+    elapsed = time.perf_counter() - t0
+    final = history[-1] if history else {}
+    return {"steps": tc.steps, "final_loss": final.get("loss"), "final_val_loss": final.get("val_loss"),
+            "samples_per_s": samples / elapsed if samples else None, "history": history,
+            "resumed_from": start}

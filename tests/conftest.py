@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+# A small but real config: every stage, seconds on a CPU.
+TINY = {
+    "extends": str(CONFIGS / "studies" / "smoke.yaml"),
+    "collect": {"streams_per_task": 2, "episodes": 30},
+    "model": {"context_len": 40, "n_embd": 32, "n_layer": 2, "n_head": 2},
+    "train": {"steps": 60, "batch_size": 8, "num_warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
+              "val_every": 30, "val_batches": 1},
+    "evaluate": {"episodes": 4, "streams_per_task": 1},
+}
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    return write_yaml(tmp_path / "tiny.yaml", TINY)
+
+
+def cccad(*args, cwd=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "cccad", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cccad {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

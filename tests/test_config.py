@@ -1,0 +1,84 @@
+import pytest
+
+from cccad.config import ConfigError, load_config
+from conftest import CONFIGS, cccad, write_yaml
+
+
+def error_of(tmp_path, data, overrides=()):
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg, str(path)
+
+
+def test_extends_and_overrides_merge_in_order(tmp_path):
+    parent = write_yaml(tmp_path / "parent.yaml", {"train": {"lr": 0.1, "steps": 10, "num_warmup_steps": 2}, "seed": 3})
+    child = write_yaml(tmp_path / "sub" / "child.yaml", {"extends": "../parent.yaml", "train": {"steps": 20}})
+    cfg = load_config(child, ["train.batch_size=7", "model.dropout=0.5"])
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.batch_size, cfg.seed) == (0.1, 20, 7, 3)
+    assert cfg.model.dropout == 0.5 and cfg.env.size == 9  # untouched keys keep their defaults
+
+
+def test_shipped_configs_are_valid():
+    for path in (CONFIGS / "studies").glob("*.yaml"):
+        load_config(path)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    msg, path = error_of(tmp_path, {"train": {"lrr": 0.1}})
+    assert "train.lrr" in msg and path in msg and "did you mean lr" in msg
+
+
+def test_unknown_key_from_parent_names_parent_file(tmp_path):
+    write_yaml(tmp_path / "parent.yaml", {"env": {"sise": 9}})
+    msg, _ = error_of(tmp_path, {"extends": "parent.yaml"})
+    assert "env.sise" in msg and str(tmp_path / "parent.yaml") in msg
+
+
+@pytest.mark.parametrize("data,key,words", [
+    ({"train": {"lr": "fast"}}, "train.lr", "expected a number"),
+    ({"train": {"steps": 1.5}}, "train.steps", "expected an integer"),
+    ({"evaluate": {"greedy": "yes"}}, "evaluate.greedy", "true or false"),
+    ({"env": {"name": "lavaroom"}}, "env.name", "not one of"),
+    ({"model": {"n_embd": 30, "n_head": 4}}, "model.n_embd", "divisible"),
+    ({"model": {"n_layer": 0}}, "model.n_layer", "positive"),
+    ({"train": {"num_warmup_steps": 50, "steps": 10}}, "train.num_warmup_steps", "within"),
+    ({"train": {"steps": 10}}, "train.num_warmup_steps", "set by train.steps"),
+    ({"env": {"test_fraction": 1.5}}, "env.test_fraction", "between"),
+    ({"study": {"stages": ["collect", "dance"]}}, "study.stages", "unknown stage"),
+    ({"train": 5}, "train", "expected a mapping"),
+])
+def test_bad_values_name_the_key(tmp_path, data, key, words):
+    msg, path = error_of(tmp_path, data)
+    assert key in msg and words in msg and path in msg
+
+
+def test_override_errors_name_the_command_line(tmp_path):
+    msg, _ = error_of(tmp_path, {}, ["train.steps=many"])
+    assert "command line" in msg and "train.steps" in msg
+    msg, _ = error_of(tmp_path, {}, ["train.nope=1"])
+    assert "command line" in msg and "train.nope" in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_cli_config_error_is_one_line_exit_2_nothing_written(tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", {"extends": str(CONFIGS / "studies" / "smoke.yaml"),
+                                             "collect": {"episods": 5}})
+    out = tmp_path / "run"
+    proc = cccad("run", "collect", "-c", bad, "--out", out, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "collect.episods" in lines[0] and str(bad) in lines[0]
+    assert "Traceback" not in proc.stderr and not out.exists()
+    proc = cccad("local", CONFIGS / "studies" / "smoke.yaml", "--runs", tmp_path / "runs", "study.envs=[nowhere]",
+                 check=False)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and not (tmp_path / "runs").exists()

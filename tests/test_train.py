@@ -1,0 +1,97 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cccad.config import load_config
+from cccad.trainer import CKPT_DIR, FINAL_MODEL
+from conftest import ROOT, cccad
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from conftest import TINY, write_yaml
+    root = tmp_path_factory.mktemp("data")
+    cfg = write_yaml(root / "tiny.yaml", TINY)
+    cccad("run", "collect", "-c", cfg, "--out", root / "collect", "collect.episodes=60", "collect.streams_per_task=4")
+    return cfg, root / "collect" / "dataset"
+
+
+def weights(run_dir):
+    return torch.load(run_dir / FINAL_MODEL, weights_only=True)["model_state_dict"]
+
+
+def test_loss_falls_below_chance(tmp_path, dataset):
+    cfg, data = dataset
+    out = tmp_path / "train"
+    cccad("run", "train", "-c", cfg, "--out", out, f"train.dataset={data}", "collect.episodes=60",
+          "collect.streams_per_task=4", "train.steps=300", "train.batch_size=16", "train.lr=0.001")
+    import json
+    m = json.loads((out / "metrics.json").read_text())
+    first, last = m["history"][0]["loss"], m["final_loss"]
+    assert first > 1.4 and last < math.log(5) - 0.3, (first, last)
+    assert m["final_val_loss"] < math.log(5)
+    assert (out / "tb").is_dir() and (out / "manifest.json").is_file()
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, dataset):
+    cfg, data = dataset
+    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=120",
+            "train.checkpoint_every=10", "model.dropout=0.1"]  # dropout: RNG state must resume too
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "straight", *args)
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(cfg), "--out", str(killed), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((killed / CKPT_DIR).glob("step-*.pt"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / FINAL_MODEL).exists(), "run finished before it could be killed"
+    resumed = cccad("run", "train", "-c", cfg, "--out", killed, *args)
+    assert "resumed from" in resumed.stdout
+    a, b = weights(tmp_path / "straight"), weights(killed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_checkpoint_of_another_config(tmp_path, dataset):
+    cfg, data = dataset
+    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=20",
+            "train.checkpoint_every=10"]
+    out = tmp_path / "run"
+    cccad("run", "train", "-c", cfg, "--out", out, *args)
+    (out / FINAL_MODEL).unlink()
+    (out / "metrics.json").unlink()
+    proc = cccad("run", "train", "-c", cfg, "--out", out, *args, "train.lr=0.1", check=False)
+    assert proc.returncode == 2 and "different config" in proc.stderr and "step-00000010.pt" in proc.stderr
+
+
+def test_corrupt_checkpoint_is_refused_naming_the_file(tmp_path, dataset):
+    cfg, data = dataset
+    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=20",
+            "train.checkpoint_every=10"]
+    out = tmp_path / "run"
+    cccad("run", "train", "-c", cfg, "--out", out, *args)
+    (out / FINAL_MODEL).unlink()
+    ckpt = out / CKPT_DIR / "step-00000010.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    proc = cccad("run", "train", "-c", cfg, "--out", out, *args, check=False)
+    assert proc.returncode == 2 and "step-00000010.pt: unreadable checkpoint" in proc.stderr
+
+
+def test_evaluate_refuses_a_model_of_another_shape(tmp_path, dataset):
+    cfg, data = dataset
+    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "train", *args)
+    proc = cccad("run", "evaluate", "-c", cfg, "--out", tmp_path / "eval", f"evaluate.checkpoint={tmp_path / 'train'}",
+                 *args, "model.n_embd=64", check=False)
+    assert proc.returncode == 2 and "embed_context.weight" in proc.stderr and "shape" in proc.stderr
