@@ -56,6 +56,7 @@ class CollectConfig:
     eps_start: float = 1.0
     eps_end: float = 0.05
     eps_decay_fraction: float = 0.5  # share of the history over which epsilon decays linearly
+    backward_replay: bool = True  # after each episode, replay it backwards (fast credit assignment)
     # stable-baselines3 PPO (per task, slow; for fidelity with published setups)
     ppo_n_steps: int = 100
     ppo_batch_size: int = 50

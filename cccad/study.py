@@ -40,10 +40,17 @@ class Task:
                 and STAGES[self.stage].outputs_valid(self.config, self.run_dir))
 
 
+BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
 def env_layer(study_file: Path, env: str) -> tuple[dict, str]:
-    path = study_file.parent.parent / "envs" / f"{env}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{study_file}: study.envs: unknown env '{env}' (no {path})")
+    """`envs/<env>.yaml` in the study file's folder or the nearest parent that has one, else the
+    suite's own configs/envs/."""
+    places = [p / "envs" for p in study_file.resolve().parents] + [BUILTIN_CONFIGS / "envs"]
+    path = next((d / f"{env}.yaml" for d in places if (d / f"{env}.yaml").is_file()), None)
+    if path is None:
+        known = sorted(p.stem for p in (BUILTIN_CONFIGS / "envs").glob("*.yaml"))
+        raise ConfigError(f"{study_file}: study.envs: unknown env '{env}' (known: {', '.join(known)})")
     layer = read_yaml(path)
     if set(layer) - {"env"}:
         raise ConfigError(f"{path}: an env file may only set the 'env' section")
@@ -82,8 +89,9 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                     for need in mod.NEEDS:
                         up = index[(need, env, seed, variant if STAGES[need].PER_VARIANT else None)]
                         needs.append(up)
-                        section, key = mod.INPUT_KEYS[need].split(".")
-                        inputs.setdefault(section, {})[key] = str(up.run_dir)
+                        key, inside = mod.INPUT_KEYS[need]
+                        section, name = key.split(".")
+                        inputs.setdefault(section, {})[name] = str((up.run_dir / inside).resolve())
                     extra.append((inputs, "study runner"))
                     cfg = load_config(study_file, overrides, extra=extra)
                     task = Task(stage, env, seed, variant, out / folder(stage, env, seed, variant), cfg, needs)
@@ -98,22 +106,22 @@ def run_local(tasks: list[Task], log=print) -> dict[str, str]:
     for task in tasks:
         if any(status[n.name] not in ("done", "cached") for n in task.needs):
             status[task.name] = "blocked"
-            log(f"[blocked] {task.name}: an upstream task failed")
+            log(f"{'[blocked]':10}{task.name}: an upstream task failed")
             continue
         if task.complete():
             status[task.name] = "cached"
-            log(f"[cached]  {task.name}")
+            log(f"{'[cached]':10}{task.name}")
             continue
         task.run_dir.mkdir(parents=True, exist_ok=True)
         config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
         atomic_write_text(config_file, dump_yaml(task.config))
-        log(f"[run]     {task.name}")
+        log(f"{'[run]':10}{task.name}")
         t0 = time.perf_counter()
         with open(task.run_dir / "log.txt", "ab") as logf:
             rc = subprocess.call([sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file),
                                   "--out", str(task.run_dir)], stdout=logf, stderr=subprocess.STDOUT)
         ok = rc == 0 and task.complete()
         status[task.name] = "done" if ok else "failed"
-        log(f"[{'done' if ok else 'FAILED'}]    {task.name} ({time.perf_counter() - t0:.0f}s)"
+        log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"
             + ("" if ok else f", see {task.run_dir / 'log.txt'}"))
     return status

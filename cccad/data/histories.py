@@ -6,8 +6,9 @@ Layout (one dataset, stream-major): `states`/`next_states` (S, T, 2) uint8, `act
 T = episodes x horizon transitions.
 
 Two sources:
-- `qlearning_histories`: tabular Q-learning with optimistic values and decaying epsilon, batched
-  over all (task, stream) pairs: one numpy operation steps them all.
+- `qlearning_histories`: tabular Q-learning with optimistic values, decaying epsilon and an
+  optional backward replay of each episode, batched over all (task, stream) pairs: one numpy
+  operation steps them all.
 - `sb3_ppo_histories`: stable-baselines3 PPO, one task and stream at a time (slow; for fidelity
   with published setups).
 """
@@ -49,25 +50,35 @@ def qlearning_histories(cfg: Config, tasks: DarkroomTasks, out: dict, progress=N
     rows = np.arange(n)
     q = np.full((n, env.n_tabular_states, N_ACTIONS), c.q_init, dtype=np.float32)
     decay_episodes = max(1, int(c.eps_decay_fraction * c.episodes))
+
+    def update(s, a, r, s_next):
+        # the horizon is a time limit, not a terminal state: always bootstrap
+        target = r + c.gamma * q[rows, s_next].max(1)
+        q[rows, s, a] += c.q_lr * (target - q[rows, s, a])
+
     ep = {k: np.zeros((n, horizon) + s, dtype) for k, s, dtype in
           [("states", (OBS_DIM,), np.uint8), ("actions", (), np.uint8), ("rewards", (), np.float32),
            ("next_states", (OBS_DIM,), np.uint8)]}
+    ep_s = np.zeros((n, horizon + 1), dtype=np.int64)  # tabular states visited this episode
     for e in range(c.episodes):
         eps = c.eps_start + (c.eps_end - c.eps_start) * min(1.0, e / decay_episodes)
-        obs, s = env.reset(), env.tabular_state()
+        obs = env.reset()
+        ep_s[:, 0] = env.tabular_state()
         for t in range(horizon):
+            s = ep_s[:, t]
             q_s = q[rows, s]
             greedy = np.argmax(q_s + rng.random(q_s.shape, dtype=np.float32) * 1e-4, axis=1)  # random tie-break
             explore = rng.random(n) < eps
             action = np.where(explore, rng.integers(0, N_ACTIONS, n), greedy)
             next_obs, reward, _ = env.step(action)
-            s_next = env.tabular_state()
-            # the horizon is a time limit, not a terminal state: always bootstrap
-            target = reward + c.gamma * q[rows, s_next].max(1)
-            q[rows, s, action] += c.q_lr * (target - q[rows, s, action])
+            ep_s[:, t + 1] = env.tabular_state()
+            update(s, action, reward, ep_s[:, t + 1])
             ep["states"][:, t], ep["actions"][:, t], ep["rewards"][:, t] = obs, action, reward
             ep["next_states"][:, t] = next_obs
-            obs, s = next_obs, s_next
+            obs = next_obs
+        if c.backward_replay:  # replay the episode backwards: one episode propagates a found reward to the start
+            for t in reversed(range(horizon)):
+                update(ep_s[:, t], ep["actions"][:, t], ep["rewards"][:, t], ep_s[:, t + 1])
         window = slice(e * horizon, (e + 1) * horizon)
         for k, v in ep.items():
             out[k][:, window] = v

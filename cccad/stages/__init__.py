@@ -2,7 +2,7 @@
 cluster submitter treat them alike.
 
     NEEDS        upstream stages whose run folder this stage reads
-    INPUT_KEYS   {upstream stage: config key that receives the upstream run folder}
+    INPUT_KEYS   {upstream stage: (config key, path inside the upstream run folder it receives)}
     PER_VARIANT  whether the stage runs once per study variant
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict

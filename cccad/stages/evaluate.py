@@ -19,7 +19,7 @@ from cccad.stages.train import build_model
 from cccad.trainer import FINAL_MODEL, CheckpointError, load_checkpoint
 
 NEEDS = ("train",)
-INPUT_KEYS = {"train": "evaluate.checkpoint"}
+INPUT_KEYS = {"train": ("evaluate.checkpoint", ".")}
 PER_VARIANT = True
 
 

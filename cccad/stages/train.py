@@ -15,7 +15,7 @@ from cccad.stages.collect import open_histories
 from cccad.trainer import FINAL_MODEL, Objective, fit
 
 NEEDS = ("collect",)
-INPUT_KEYS = {"collect": "train.dataset"}
+INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
 PER_VARIANT = True
 
 

@@ -1,0 +1,45 @@
+import json
+
+from conftest import TINY, cccad, write_yaml
+
+STUDY = {**TINY, "study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0, 1]}}
+
+
+def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
+    study = write_yaml(tmp_path / "study.yaml", STUDY)
+    runs = tmp_path / "runs"
+    proc = cccad("local", study, "--runs", runs)
+    root = runs / "tiny"
+    names = ["collect-darkroom-seed0", "train-AD-darkroom-seed0", "evaluate-AD-darkroom-seed0",
+             "collect-darkroom-seed1", "train-AD-darkroom-seed1", "evaluate-AD-darkroom-seed1"]
+    for name in names:
+        m = json.loads((root / name / "metrics.json").read_text())
+        assert m["stage"] == name.split("-")[0]
+        manifest = json.loads((root / name / "manifest.json").read_text())
+        assert len(manifest["code"]["commit"]) == 40 and manifest["packages"]["torch"].startswith("2.13.0")
+    ev = json.loads((root / "evaluate-AD-darkroom-seed0" / "metrics.json").read_text())
+    assert len(ev["return_curve"]) == 4 and 0 <= ev["final_normalised_return"] <= 1
+    assert str(root) in proc.stdout.splitlines()[-1]
+    # the seeds really differ
+    c0 = json.loads((root / "collect-darkroom-seed0" / "metrics.json").read_text())["return_curve"]
+    c1 = json.loads((root / "collect-darkroom-seed1" / "metrics.json").read_text())["return_curve"]
+    assert c0 != c1
+
+    again = cccad("local", study, "--runs", runs)
+    assert again.stdout.count("[cached]") == 6 and "[run]" not in again.stdout
+
+    # seed 1's training breaks (its latest checkpoint is corrupt) while seed 0's evaluation is
+    # due again: seed 0 finishes, seed 1's evaluation is blocked, and the failure is named
+    (root / "evaluate-AD-darkroom-seed0" / "metrics.json").unlink()
+    train1 = root / "train-AD-darkroom-seed1"
+    for name in ("metrics.json", "model.pt"):
+        (train1 / name).unlink()
+    latest = sorted((train1 / "checkpoints").glob("step-*.pt"))[-1]
+    latest.write_bytes(b"not a checkpoint")
+    proc = cccad("local", study, "--runs", runs, check=False)
+    assert proc.returncode == 1
+    assert "[done]    evaluate-AD-darkroom-seed0" in proc.stdout
+    assert "[FAILED]  train-AD-darkroom-seed1" in proc.stdout
+    assert "[blocked] evaluate-AD-darkroom-seed1" in proc.stdout
+    assert "[cached]  collect-darkroom-seed1" in proc.stdout
+    assert f"{latest}: unreadable checkpoint" in (train1 / "log.txt").read_text()
