@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def cmd_run(args) -> int:
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_manifest(run_dir, cfg, args.stage)
     t0 = time.perf_counter()
-    metrics = stage.run(cfg, run_dir, log=print)
+    metrics = stage.run(cfg, run_dir, log=functools.partial(print, flush=True))
     metrics["wall_seconds"] = time.perf_counter() - t0
     write_metrics(run_dir, cfg, args.stage, metrics)
     print(f"{args.stage}: done, results in {run_dir}")
@@ -38,7 +39,7 @@ def cmd_local(args) -> int:
     base, tasks = build_tasks(args.study, args.overrides, args.runs)
     root = Path(args.runs) / base.study.name
     print(f"study {base.study.name}: {len(tasks)} tasks under {root}")
-    status = run_local(tasks)
+    status = run_local(tasks, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")
     for name in failed:

@@ -184,6 +184,9 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
                     if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
                         writer.add_scalar(f"val/loss" if k == "val_loss" else f"train/{k}", v, done)
             bar.set_postfix(loss=f"{last_loss:.4f}")
+            if bar.disable and "val_loss" in row:  # no progress bar (not a terminal): a line per validation
+                log(f"step {done}/{tc.steps} loss {last_loss:.4f} val_loss {row['val_loss']} "
+                    f"lr {row['lr']:.2e} {rate:.1f} samples/s")
         bar.update(1)
         if done % tc.checkpoint_every == 0 and done < tc.steps:
             save(done)
