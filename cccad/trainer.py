@@ -166,7 +166,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
         scheduler.step()
         samples += tc.batch_size
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
+        if done % tc.log_every == 0 or done in (1, tc.steps):
             last_loss = loss.item()
             rate = samples / (time.perf_counter() - t0)
             row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,

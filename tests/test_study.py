@@ -43,3 +43,15 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     assert "[blocked] evaluate-AD-darkroom-seed1" in proc.stdout
     assert "[cached]  collect-darkroom-seed1" in proc.stdout
     assert f"{latest}: unreadable checkpoint" in (train1 / "log.txt").read_text()
+
+
+def test_harder_envs_run_through_the_same_stages(tmp_path):
+    study = write_yaml(tmp_path / "study.yaml", {
+        **TINY, "collect": {"streams_per_task": 1, "episodes": 8},
+        "evaluate": {"episodes": 2, "streams_per_task": 1},
+        "study": {"name": "hard", "envs": ["darkroom_hard", "dark_key_to_door"], "seeds": [0]}})
+    cccad("local", study, "--runs", tmp_path / "runs")
+    for env, n_test, best in (("darkroom_hard", 29, 1.0), ("dark_key_to_door", 648, 2.0)):
+        ev = json.loads((tmp_path / "runs" / "hard" / f"evaluate-AD-{env}-seed0" / "metrics.json").read_text())
+        assert ev["n_test_tasks"] == n_test and len(ev["return_curve"]) == 2
+        assert 0 <= ev["final_return"] <= best
