@@ -10,7 +10,7 @@ from pathlib import Path
 from cccad.config import ConfigError, dump_yaml, load_config
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
-from cccad.runinfo import write_manifest, write_metrics
+from cccad.runinfo import read_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
 from cccad.trainer import CheckpointError
 
@@ -44,6 +44,10 @@ def cmd_local(args) -> int:
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")
     for name in failed:
         print(f"  {status[name]}: {name}")
+    for task in tasks:
+        metrics = read_metrics(task.run_dir) if task.stage == "evaluate" else None
+        if metrics and "final_normalised_return" in metrics:
+            print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}")
     return 1 if failed else 0
 
 

@@ -126,7 +126,9 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
         start, history = state["global_step"], state.get("history", [])
         log(f"resumed from {ckpts[-1]} at step {start}")
 
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler stays unwrapped: accelerate would step it once per process, changing the
+    # schedule with the process count; ours follows the optimizer step count only
+    model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
     rank = accelerator.process_index
