@@ -1,8 +1,9 @@
 """The one training loop, shared by every training stage.
 
-A stage hands over a model, a loss, and a batch function that is a pure function of the step
-number (each rank draws its batch from an RNG seeded with (seed, step, rank)), so the data
-position is the step and resuming needs no sampler state. Checkpoints hold model, optimizer,
+A stage hands over a model, a loss, and a batch function. The global batch of step k is drawn
+from an RNG seeded with (seed, k) and each process loads only its slice of it, so the data
+position is the step (resuming needs no sampler state) and the data seen does not depend on the
+number of processes. Checkpoints hold model, optimizer,
 scheduler, step and RNG states; they are written atomically and loaded without pickle.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cccad.config import Config, TrainConfig
+from cccad.config import Config, ConfigError, TrainConfig
 from cccad.fs import atomic_torch_save, torch_load
 
 CKPT_DIR = "checkpoints"
@@ -35,11 +36,12 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Objective:
-    """What a stage trains: `loss(model, batch) -> (loss, {name: float})`; `batch(step, rng)`
-    returns the training batch for a step; `val_batch(i)` a fixed validation batch (or None)."""
+    """What a stage trains. `loss(model, batch) -> (loss, {name: scalar tensor})`;
+    `batch(rng, size, part)` draws the indices of a batch of `size` samples from `rng` and loads
+    the samples `part` (a slice) of it; `val_batch(i)` is a fixed validation batch (or None)."""
     model: torch.nn.Module
     loss: Callable
-    batch: Callable[[int, np.random.Generator], dict]
+    batch: Callable[[np.random.Generator, int, slice], dict]
     val_batch: Callable[[int], dict] | None = None
 
 
@@ -131,7 +133,10 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
-    rank = accelerator.process_index
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if tc.batch_size % world:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the {world} processes")
+    part = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
 
     def save(step: int):
         if not accelerator.is_main_process:
@@ -157,8 +162,8 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
     t0, samples, last_loss = time.perf_counter(), 0, float("nan")
     for step in range(start, tc.steps):
-        rng = np.random.default_rng([cfg.seed, step, rank])
-        batch = _move(objective.batch(step, rng), accelerator.device)
+        batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part),
+                      accelerator.device)
         with accelerator.autocast():
             loss, stats = objective.loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -172,7 +177,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             last_loss = loss.item()
             rate = samples / (time.perf_counter() - t0)
             row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
-                   **{k: float(v) for k, v in stats.items()}}
+                   **{k: v.item() for k, v in stats.items()}}
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
             if done % tc.val_every == 0 or done == tc.steps:

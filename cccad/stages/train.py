@@ -38,7 +38,7 @@ def action_loss(model, batch):
     logits = model(batch["features"])
     loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["actions"].flatten())
     accuracy = (logits.argmax(-1) == batch["actions"]).float().mean()
-    return loss, {"accuracy": accuracy.item()}
+    return loss, {"accuracy": accuracy.detach()}
 
 
 def split_streams(n_streams: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,21 +54,20 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     if steps < K:
         raise ConfigError(f"model.context_len: {K} exceeds the {steps} transitions of each history")
     train_ids, val_ids = split_streams(n_streams, cfg.train.val_fraction, cfg.seed)
-    B, scale = cfg.train.batch_size, cfg.env.size - 1
+    scale = cfg.env.size - 1
 
-    def sample(ids, rng):
-        return history_windows(ds, ids[rng.integers(0, len(ids), B)], rng.integers(0, steps - K + 1, B), K,
-                               N_ACTIONS, scale)
+    def sample(ids, rng, size, part=slice(None)):
+        streams, starts = ids[rng.integers(0, len(ids), size)], rng.integers(0, steps - K + 1, size)
+        return history_windows(ds, streams[part], starts[part], K, N_ACTIONS, scale)
 
     val_batch = None
     if len(val_ids):
-        val_batch = lambda i: sample(val_ids, np.random.default_rng([cfg.seed, 2, i]))  # noqa: E731
+        val_batch = lambda i: sample(val_ids, np.random.default_rng([cfg.seed, 2, i]), cfg.train.batch_size)  # noqa: E731
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     log(f"AD transformer: {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"{len(train_ids)} training streams x {steps} transitions")
-    result = fit(run_dir, cfg, Objective(model, action_loss, lambda step, rng: sample(train_ids, rng), val_batch),
-                 log=log)
+    result = fit(run_dir, cfg, Objective(model, action_loss, lambda *a: sample(train_ids, *a), val_batch), log=log)
     result["flops_per_token"] = model.flops_per_token()
     result["chance_loss"] = float(np.log(N_ACTIONS))
     return result
