@@ -10,11 +10,11 @@ from pathlib import Path
 from cccad.config import ConfigError, dump_yaml, load_config
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
-from cccad.runinfo import read_metrics, write_manifest, write_metrics
+from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
 from cccad.trainer import CheckpointError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, OSError)
 
 
 def cmd_run(args) -> int:
@@ -23,6 +23,7 @@ def cmd_run(args) -> int:
     stage.preflight(cfg)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{args.stage.replace('_', '-')}-{cfg.env.name}-seed{cfg.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_metrics(run_dir)  # until this run ends, its folder is not complete
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_manifest(run_dir, cfg, args.stage)
     t0 = time.perf_counter()
@@ -41,13 +42,13 @@ def cmd_local(args) -> int:
     print(f"study {base.study.name}: {len(tasks)} tasks under {root}")
     status = run_local(tasks, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
-    print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")
-    for name in failed:
-        print(f"  {status[name]}: {name}")
     for task in tasks:
         metrics = read_metrics(task.run_dir) if task.stage == "evaluate" else None
         if metrics and "final_normalised_return" in metrics:
             print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}")
+    for name in failed:
+        print(f"  {status[name]}: {name}")
+    print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")
     return 1 if failed else 0
 
 

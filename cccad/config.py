@@ -12,6 +12,7 @@ import difflib
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,12 @@ class EnvConfig:
             err("horizon", "must be positive")
         if not 0.0 < self.test_fraction < 1.0:
             err("test_fraction", "must be between 0 and 1 (exclusive)")
+        elif self.size <= 256:  # (larger grids are refused below)
+            n_tasks = self.size ** 4 - self.size ** 2 if self.name == "dark_key_to_door" else self.size ** 2
+            if max(1, round(self.test_fraction * n_tasks)) >= n_tasks:
+                err("test_fraction", f"holds out all {n_tasks} tasks, leaving none to train on")
+        if self.size > 256:
+            err("size", "must be at most 256 (positions are stored as uint8)")
 
 
 @dataclass
@@ -63,9 +70,11 @@ class CollectConfig:
     ppo_lr: float = 0.0003
 
     def check(self, err):
-        for key in ("streams_per_task", "episodes", "ppo_n_steps", "ppo_batch_size"):
+        for key in ("streams_per_task", "episodes", "ppo_batch_size"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
+        if self.ppo_n_steps < 2:
+            err("ppo_n_steps", "must be at least 2")
         for key in ("q_lr", "gamma", "eps_start", "eps_end", "eps_decay_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 err(key, "must be within [0, 1]")
@@ -126,6 +135,8 @@ class TrainConfig:
             err("grad_clip", "must be >= 0 (0 disables clipping)")
         if not 0.0 <= self.val_fraction < 1.0:
             err("val_fraction", "must be within [0, 1)")
+        if self.val_every % max(self.log_every, 1):
+            err("val_every", f"must be a multiple of log_every ({self.log_every})", related="log_every")
 
 
 @dataclass
@@ -183,11 +194,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def section_hash(self, *sections: str) -> str:
-        """Hash of some sections (e.g. what determines a dataset: env, collect and seed)."""
-        return config_hash({s: getattr(self, s) if s == "seed" else dataclasses.asdict(getattr(self, s))
-                            for s in sections})
 
 
 def config_hash(obj: Any) -> str:
@@ -298,6 +304,7 @@ def build(tree: dict, sources: dict[str, str]) -> Config:
 
 
 def _source(sources: dict, key: str) -> str:
+    key = re.sub(r"\[\d+\]$", "", key)
     while key:
         if key in sources:
             return sources[key]
@@ -357,6 +364,11 @@ def _coerce(tp, value, key, sources):
             _fail(sources, key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(sources, key, f"expected a number, got {value!r}")
         return float(value)

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cccad.config import Config, config_hash
-from cccad.fs import atomic_write_json
+from cccad.fs import atomic_write_json, fsync_dir
 
 PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_baselines3", "gymnasium",
             "ale_py", "tensorboard", "PyYAML", "transformers")
@@ -60,6 +60,11 @@ def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
 
 def write_metrics(run_dir: Path, cfg: Config, stage: str, metrics: dict) -> None:
     atomic_write_json(run_dir / METRICS, {"stage": stage, "config_hash": run_hash(cfg), **metrics})
+
+
+def remove_metrics(run_dir: Path) -> None:
+    (Path(run_dir) / METRICS).unlink(missing_ok=True)
+    fsync_dir(Path(run_dir))
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -66,6 +66,11 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
     """All tasks of a study in dependency order."""
     study_file = Path(study_file)
     base = load_config(study_file, overrides)
+    runner_keys = {"seed"} | {key for mod in STAGES.values() for key, _ in mod.INPUT_KEYS.values()}
+    for item in overrides:
+        if item.partition("=")[0].strip() in runner_keys:
+            raise ConfigError(f"command line: {item.partition('=')[0]}: set by the study runner "
+                              f"(seeds come from study.seeds, inputs from upstream tasks)")
     st = base.study
     out = Path(runs_root) / st.name
     stages = [s for s in STAGES if s in st.stages]  # registry order is dependency order

@@ -22,12 +22,21 @@ from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cccad.config import Config, ConfigError, TrainConfig
+from cccad.config import Config, ConfigError, TrainConfig, config_hash
 from cccad.fs import atomic_torch_save, torch_load
 
 CKPT_DIR = "checkpoints"
 FINAL_MODEL = "model.pt"
+# what decides the weights: a checkpoint resumes only under the same values of these. Left out:
+# input paths (the data is checked by its own hash) and logging/checkpoint cadence.
 RESUME_SECTIONS = ("seed", "env", "collect", "model", "train")
+RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches")
+
+
+def resume_hash(cfg: Config) -> str:
+    d = {s: (cfg.to_dict()[s]) for s in RESUME_SECTIONS}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_IGNORED}
+    return config_hash(d)
 
 
 class CheckpointError(RuntimeError):
@@ -111,16 +120,16 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    resume_hash = cfg.section_hash(*RESUME_SECTIONS)
+    expected_hash = resume_hash(cfg)
 
     start, history = 0, []
     ckpts = checkpoint_files(run_dir)
     if ckpts:
         state = load_checkpoint(ckpts[-1], ("model_state_dict", "optimizer_state_dict",
                                             "scheduler_state_dict", "global_step", "rng", "config_hash"))
-        if state["config_hash"] != resume_hash:
+        if state["config_hash"] != expected_hash:
             raise CheckpointError(f"{ckpts[-1]}: written by a different config (hash {state['config_hash']}, "
-                                  f"this run {resume_hash}); use a new run folder or delete {run_dir / CKPT_DIR}")
+                                  f"this run {expected_hash}); use a new run folder or delete {run_dir / CKPT_DIR}")
         model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
         scheduler.load_state_dict(state["scheduler_state_dict"])
@@ -144,7 +153,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
         atomic_torch_save(run_dir / CKPT_DIR / f"step-{step:08d}.pt", {
             "model_state_dict": raw_model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(), "global_step": step, "rng": _rng_state(),
-            "config": cfg.to_dict(), "config_hash": resume_hash, "history": history})
+            "config": cfg.to_dict(), "config_hash": expected_hash, "history": history})
         for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
             old.unlink()
 

@@ -62,6 +62,24 @@ def test_override_errors_name_the_command_line(tmp_path):
     assert "command line" in msg and "train.nope" in msg
 
 
+def test_exponent_floats_and_list_items(tmp_path):
+    cfg = load_config(write_yaml(tmp_path / "ok.yaml", {"train": {"lr": "1e-4"}}), ["train.weight_decay=1e-5"])
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 1e-5
+    msg, path = error_of(tmp_path, {"train": {"betas": [0.9, "x"]}})
+    assert msg.startswith(path) and "train.betas[1]" in msg
+
+
+@pytest.mark.parametrize("data,key,words", [
+    ({"env": {"size": 2, "test_fraction": 0.9}}, "env.test_fraction", "leaving none"),
+    ({"env": {"size": 300}}, "env.size", "at most 256"),
+    ({"train": {"log_every": 7, "val_every": 10}}, "train.val_every", "multiple of log_every"),
+    ({"collect": {"ppo_n_steps": 1}}, "collect.ppo_n_steps", "at least 2"),
+])
+def test_impossible_sizes(tmp_path, data, key, words):
+    msg, path = error_of(tmp_path, data)
+    assert key in msg and words in msg and path in msg
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
@@ -82,3 +100,5 @@ def test_cli_config_error_is_one_line_exit_2_nothing_written(tmp_path):
     proc = cccad("local", CONFIGS / "studies" / "smoke.yaml", "--runs", tmp_path / "runs", "study.envs=[nowhere]",
                  check=False)
     assert proc.returncode == 2 and "nowhere" in proc.stderr and not (tmp_path / "runs").exists()
+    proc = cccad("local", CONFIGS / "studies" / "smoke.yaml", "--runs", tmp_path / "runs", "seed=3", check=False)
+    assert proc.returncode == 2 and "seed: set by the study runner" in proc.stderr

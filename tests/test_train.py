@@ -86,10 +86,28 @@ def test_corrupt_checkpoint_is_refused_naming_the_file(tmp_path, dataset):
     assert proc.returncode == 2 and "step-00000010.pt: unreadable checkpoint" in proc.stderr
 
 
-def test_evaluate_refuses_a_model_of_another_shape(tmp_path, dataset):
+def test_evaluate_refuses_a_model_of_another_config(tmp_path, dataset):
     cfg, data = dataset
     args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
     cccad("run", "train", "-c", cfg, "--out", tmp_path / "train", *args)
-    proc = cccad("run", "evaluate", "-c", cfg, "--out", tmp_path / "eval", f"evaluate.checkpoint={tmp_path / 'train'}",
-                 *args, "model.n_embd=64", check=False)
-    assert proc.returncode == 2 and "embed_context.weight" in proc.stderr and "shape" in proc.stderr
+    evaluate = ["run", "evaluate", "-c", cfg, "--out", tmp_path / "eval", f"evaluate.checkpoint={tmp_path / 'train'}", *args]
+    proc = cccad(*evaluate, "model.n_embd=64", check=False)
+    assert proc.returncode == 2 and "model.n_embd=32, this config has 64" in proc.stderr
+    # another split would make training goals "held out": refused too
+    proc = cccad(*evaluate, "env.split_seed=1", check=False)
+    assert proc.returncode == 2 and "env.split_seed=0, this config has 1" in proc.stderr
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_checkpoint_tensors_are_checked_by_name_and_shape(tmp_path, dataset):
+    from cccad.config import load_config
+    from cccad.stages.evaluate import load_model
+    from cccad.trainer import CheckpointError
+    cfg, data = dataset
+    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "train", *args)
+    state = torch.load(tmp_path / "train" / FINAL_MODEL, weights_only=True)
+    state["model_state_dict"]["head.weight"] = torch.zeros(7, 32)
+    torch.save(state, tmp_path / "train" / FINAL_MODEL)
+    with pytest.raises(CheckpointError, match=r"tensor 'head.weight' has shape \(7, 32\), this model needs \(5, 32\)"):
+        load_model(load_config(cfg, args + [f"evaluate.checkpoint={tmp_path / 'train'}"]), "cpu")

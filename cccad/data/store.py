@@ -36,6 +36,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 class DatasetWriter:
     """Create arrays with `create` (memory-mapped, fill them in place), then `commit`."""
 
@@ -44,7 +54,10 @@ class DatasetWriter:
         if (self.path / MANIFEST).exists():
             raise DatasetError(f"{self.path}: a dataset already exists here; refusing to overwrite it")
         self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by killed writers
+            pid = stale.name.rpartition("-")[2]
+            if stale == self.tmp or (pid.isdigit() and not _alive(int(pid))):
+                shutil.rmtree(stale, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.kind, self.config, self.config_hash = kind, config, config_hash
         self.arrays: dict[str, np.memmap] = {}
@@ -71,6 +84,9 @@ class DatasetWriter:
                     "config": self.config, "counts": counts, "arrays": entries, "meta": meta or {},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_text(self.tmp / MANIFEST, json.dumps(manifest, indent=1))
+        if (self.path / MANIFEST).exists():  # another writer finished first: keep its dataset
+            self.abort()
+            raise DatasetError(f"{self.path}: a dataset appeared here while writing; kept it, dropped this copy")
         if self.path.exists():  # an earlier partial attempt without a manifest: never valid
             shutil.rmtree(self.path)
         os.replace(self.tmp, self.path)

@@ -35,7 +35,7 @@ def preflight(cfg: Config) -> None:
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
     try:
-        open_histories(Path(run_dir) / DATASET, cfg)
+        open_histories(Path(run_dir) / DATASET, cfg, verify=False)  # sizes and hash; checksums when used
         return True
     except DatasetError:
         return False

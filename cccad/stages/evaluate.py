@@ -37,6 +37,12 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
 def load_model(cfg: Config, device) -> torch.nn.Module:
     path = Path(cfg.evaluate.checkpoint) / FINAL_MODEL
     state = load_checkpoint(path, ("model_state_dict", "global_step", "config"))
+    own_cfg = cfg.to_dict()
+    for section in ("env", "model"):  # same tasks (so the same held-out split) and same network
+        for key, value in own_cfg[section].items():
+            if state["config"].get(section, {}).get(key) != value:
+                raise CheckpointError(f"{path}: trained with {section}.{key}="
+                                      f"{state['config'].get(section, {}).get(key)!r}, this config has {value!r}")
     model = build_model(cfg)
     own = model.state_dict()
     for name, tensor in state["model_state_dict"].items():

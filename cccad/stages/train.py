@@ -54,6 +54,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     if steps < K:
         raise ConfigError(f"model.context_len: {K} exceeds the {steps} transitions of each history")
     train_ids, val_ids = split_streams(n_streams, cfg.train.val_fraction, cfg.seed)
+    if not len(train_ids):
+        raise ConfigError(f"train.val_fraction: {cfg.train.val_fraction} leaves none of {n_streams} streams to train on")
     scale = cfg.env.size - 1
 
     def sample(ids, rng, size, part=slice(None)):
