@@ -241,7 +241,7 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
     keys = []
     for k, v in tree.items():
         dotted = f"{prefix}{k}"
-        # variant overrides are free-form mappings checked separately
+        # a variant's overrides are validated when the study's tasks are built (cccad/study.py)
         if isinstance(v, dict) and v and dotted != "study.variants":
             keys += flatten(v, dotted + ".")
         else:

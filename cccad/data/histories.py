@@ -18,10 +18,12 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from cccad.config import Config
 from cccad.data.store import DatasetWriter
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM, BatchedDarkroom, DarkroomEnv, DarkroomTasks
+from cccad.models.ad import token_features
 
 
 def allocate(writer: DatasetWriter, n_streams: int, episodes: int, horizon: int) -> dict:
@@ -110,8 +112,7 @@ class RecordingWrapper(gym.Wrapper):
 
 
 def sb3_ppo_histories(cfg: Config, tasks: DarkroomTasks, out: dict, progress=None) -> None:
-    import torch
-    from stable_baselines3 import PPO
+    from stable_baselines3 import PPO  # slow import, only for this source
 
     c, horizon = cfg.collect, cfg.env.horizon
     steps = c.episodes * horizon
@@ -151,10 +152,6 @@ def collect_histories(cfg: Config, writer: DatasetWriter, progress=None) -> dict
 def history_windows(ds, streams: np.ndarray, starts: np.ndarray, K: int, n_actions: int, scale: float) -> dict:
     """Training windows: K tokens from each (stream, start); token j pairs transition start+j-1
     with query state start+j and is trained to predict action start+j."""
-    import torch
-
-    from cccad.models.ad import token_features
-
     t = starts[:, None] + np.arange(K)  # (B, K) query times
     prev = np.maximum(t - 1, 0)  # token 0's previous transition is masked out
     rows = streams[:, None]
