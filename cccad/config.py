@@ -84,26 +84,94 @@ class CollectConfig:
 
 @dataclass
 class ModelConfig:
-    kind: Literal["ad"] = "ad"
-    context_len: int = 200  # transitions the model attends to (one token each)
+    kind: Literal["ad", "compressed_ad"] = "ad"
+    context_len: int = 200  # tokens the decoder attends to (AD: one per transition)
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
     dropout: float = 0.0
+    # CompressedAD: the decoder window holds n_latent latents + (context_len - n_latent) recent
+    # transitions; when it is full the oldest chunk_len transitions are compressed, together
+    # with the previous latents, into new latents (depth = chunks behind the latents)
+    n_latent: int = 20
+    chunk_len: int = 40
+    max_compression_depth: int = 3
+    encoder_n_layer: int = 2
 
     def check(self, err):
-        for key in ("context_len", "n_embd", "n_layer", "n_head"):
+        for key in ("context_len", "n_embd", "n_layer", "n_head", "n_latent", "chunk_len",
+                    "max_compression_depth", "encoder_n_layer"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
         if self.n_embd % max(self.n_head, 1):
             err("n_embd", f"must be divisible by n_head ({self.n_head})", related="n_head")
         if not 0.0 <= self.dropout < 1.0:
             err("dropout", "must be within [0, 1)")
+        if self.kind == "compressed_ad" and self.chunk_len > self.context_len - self.n_latent:
+            err("chunk_len", f"must fit the recent part of the window: at most context_len - n_latent "
+                f"= {self.context_len - self.n_latent}", related="context_len")
+
+    @property
+    def recent_len(self) -> int:
+        """CompressedAD: transitions in the decoder window besides the latents."""
+        return self.context_len - self.n_latent
+
+
+@dataclass
+class CurriculumPhase:
+    steps: int
+    depths: list[int]
+
+
+@dataclass
+class PretrainConfig:
+    """CompressedAD stage 1 (`pretrain_encoder`); key names as in the seed's pretrain_encoder.yaml."""
+    pretrain_steps: int = 50000
+    pretrain_batch_size: int = 128
+    pretrain_lr: float = 0.0003
+    pretrain_warmup_steps: int = 1000
+    pretrain_decoder_n_layer: int = 2
+    # phases of allowed compression depths; their steps add up to pretrain_steps
+    curriculum: list[CurriculumPhase] = field(default_factory=lambda: [
+        CurriculumPhase(20000, [1]), CurriculumPhase(20000, [1, 2]), CurriculumPhase(10000, [1, 2, 3])])
+
+    def check(self, err):
+        for key in ("pretrain_steps", "pretrain_batch_size", "pretrain_decoder_n_layer"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if self.pretrain_lr <= 0:
+            err("pretrain_lr", "must be positive")
+        if not 0 <= self.pretrain_warmup_steps <= self.pretrain_steps:
+            err("pretrain_warmup_steps", f"must be within [0, pretrain_steps={self.pretrain_steps}]",
+                related="pretrain_steps")
+        if not self.curriculum:
+            err("curriculum", "must have at least one phase")
+        for i, phase in enumerate(self.curriculum):
+            if phase.steps < 1:
+                err(f"curriculum[{i}].steps", "must be positive")
+            if not phase.depths or any(d < 1 for d in phase.depths):
+                err(f"curriculum[{i}].depths", "must list depths of 1 or more")
+        total = sum(p.steps for p in self.curriculum)
+        if total != self.pretrain_steps:
+            err("curriculum", f"phases add up to {total} steps, pretrain_steps is {self.pretrain_steps}",
+                related="pretrain_steps")
+
+    def phase_of(self, step: int) -> int:
+        end = 0
+        for i, phase in enumerate(self.curriculum):
+            end += phase.steps
+            if step < end:
+                return i
+        return len(self.curriculum) - 1
 
 
 @dataclass
 class TrainConfig:
     dataset: str = ""  # folder of the collected dataset; the study runner fills it in
+    # CompressedAD stage 2: start from a pre-trained encoder (a pretrain_encoder run's
+    # encoder-pretrained-final.pt; in a study variant "@pretrain_encoder" means this env and seed's)
+    pretrained_encoder_path: str = ""
+    freeze_encoder: bool = False
     steps: int = 20000
     batch_size: int = 64
     lr: float = 0.0003
@@ -153,7 +221,28 @@ class EvaluateConfig:
                 err(key, "must be positive")
 
 
-STAGE_NAMES = ("collect", "train", "evaluate")
+@dataclass
+class ProbeConfig:
+    """Goal-position probe on frozen representations of a trained model."""
+    checkpoint: str = ""  # train run folder; the study runner fills it in
+    dataset: str = ""  # collect run folder's dataset; the study runner fills it in
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 0.001
+    val_fraction: float = 0.2  # share of streams whose windows are only used to score the probe
+    val_samples: int = 512
+
+    def check(self, err):
+        for key in ("steps", "batch_size", "val_samples"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if self.lr <= 0:
+            err("lr", "must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            err("val_fraction", "must be between 0 and 1 (exclusive)")
+
+
+STAGE_NAMES = ("collect", "pretrain_encoder", "train", "evaluate", "probe")
 
 
 @dataclass
@@ -185,15 +274,35 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
 
     def check(self, err):
-        pass
+        if self.model.kind == "ad":
+            for key in ("pretrained_encoder_path", "freeze_encoder"):
+                if getattr(self.train, key):
+                    err(f"train.{key}", "applies to model.kind compressed_ad only", related="model.kind")
+        deepest = max((d for p in self.pretrain.curriculum for d in p.depths), default=0)
+        if deepest > self.model.max_compression_depth:
+            err("pretrain.curriculum", f"uses depth {deepest}, beyond model.max_compression_depth="
+                f"{self.model.max_compression_depth}", related="model.max_compression_depth")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def pick(cfg: Config, *sections: str, drop: tuple[str, ...] = ()) -> dict:
+    """The given top-level sections of cfg as a dict, less the dotted keys in `drop`."""
+    d = cfg.to_dict()
+    out = {s: copy.deepcopy(d[s]) for s in sections}
+    for key in drop:
+        section, _, name = key.partition(".")
+        if section in out:
+            out[section].pop(name, None)
+    return out
 
 
 def config_hash(obj: Any) -> str:
@@ -304,7 +413,7 @@ def build(tree: dict, sources: dict[str, str]) -> Config:
 
 
 def _source(sources: dict, key: str) -> str:
-    key = re.sub(r"\[\d+\]$", "", key)
+    key = re.sub(r"\[\d+\]", "", key)  # list items are set by whoever set the list
     while key:
         if key in sources:
             return sources[key]
@@ -328,6 +437,9 @@ def _build_dataclass(cls, data: Any, prefix: str, sources: dict):
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"{_source(sources, dotted)}: unknown key '{dotted}'{hint}")
     kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _fail(sources, prefix.rstrip("."), f"missing key '{f.name}'")
     for name in names:
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], f"{prefix}{name}", sources)

@@ -14,17 +14,16 @@ from pathlib import Path
 
 from cccad.config import Config, config_hash
 from cccad.fs import atomic_write_json, fsync_dir
+from cccad.stages import STAGES
 
 PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_baselines3", "gymnasium",
             "ale_py", "tensorboard", "PyYAML", "transformers")
 METRICS = "metrics.json"
 
 
-def run_hash(cfg: Config) -> str:
-    """Everything but the study section decides a run's outputs."""
-    d = cfg.to_dict()
-    d.pop("study")
-    return config_hash(d)
+def run_hash(cfg: Config, stage: str) -> str:
+    """The hash of what decides a stage's outputs (the stage's `decided_by`)."""
+    return config_hash(STAGES[stage].decided_by(cfg))
 
 
 def git_commit() -> dict:
@@ -51,7 +50,7 @@ def package_versions() -> dict:
 
 def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
     atomic_write_json(run_dir / "manifest.json", {
-        "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg),
+        "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg, stage),
         "packages": package_versions(), "python": sys.version.split()[0], "host": socket.gethostname(),
         "platform": platform.platform(), "container_image": os.environ.get("CCCAD_IMAGE"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "argv": sys.argv,
@@ -59,7 +58,7 @@ def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
 
 
 def write_metrics(run_dir: Path, cfg: Config, stage: str, metrics: dict) -> None:
-    atomic_write_json(run_dir / METRICS, {"stage": stage, "config_hash": run_hash(cfg), **metrics})
+    atomic_write_json(run_dir / METRICS, {"stage": stage, "config_hash": run_hash(cfg, stage), **metrics})
 
 
 def remove_metrics(run_dir: Path) -> None:

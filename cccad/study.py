@@ -36,7 +36,7 @@ class Task:
 
     def complete(self) -> bool:
         metrics = read_metrics(self.run_dir)
-        return (metrics is not None and metrics.get("config_hash") == run_hash(self.config)
+        return (metrics is not None and metrics.get("config_hash") == run_hash(self.config, self.stage)
                 and STAGES[self.stage].outputs_valid(self.config, self.run_dir))
 
 
@@ -90,8 +90,19 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                     if variant is not None:
                         where = f"{study_file} (study.variants.{variant})"
                         extra.append((nest(st.variants[variant], where), where))
+                    wanted = list(mod.NEEDS)
+                    optional = [u for u in mod.INPUT_KEYS if u not in mod.NEEDS]
+                    if optional:  # wired where the task's config asks for "@<stage>"
+                        plain = load_config(study_file, overrides, extra=extra)
+                        for up in optional:
+                            key = mod.INPUT_KEYS[up][0]
+                            section, name = key.split(".")
+                            if getattr(getattr(plain, section), name) == f"@{up}":
+                                if up not in stages:
+                                    raise ConfigError(f"{study_file}: {key}: '@{up}' but study.stages does not list '{up}'")
+                                wanted.append(up)
                     needs, inputs = [], {}
-                    for need in mod.NEEDS:
+                    for need in wanted:
                         up = index[(need, env, seed, variant if STAGES[need].PER_VARIANT else None)]
                         needs.append(up)
                         key, inside = mod.INPUT_KEYS[need]

@@ -27,15 +27,15 @@ from cccad.fs import atomic_torch_save, torch_load
 
 CKPT_DIR = "checkpoints"
 FINAL_MODEL = "model.pt"
-# what decides the weights: a checkpoint resumes only under the same values of these. Left out:
-# input paths (the data is checked by its own hash) and logging/checkpoint cadence.
-RESUME_SECTIONS = ("seed", "env", "collect", "model", "train")
+# a checkpoint resumes only under the same config as far as it decides the weights (the stage's
+# `decided_by`), less the dataset path (the data is checked by its own hash) and the cadence
 RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches")
 
 
-def resume_hash(cfg: Config) -> str:
-    d = {s: (cfg.to_dict()[s]) for s in RESUME_SECTIONS}
-    d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_IGNORED}
+def resume_hash(decided_by: dict) -> str:
+    d = dict(decided_by)
+    if "train" in d:
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_IGNORED}
     return config_hash(d)
 
 
@@ -46,12 +46,19 @@ class CheckpointError(RuntimeError):
 @dataclass
 class Objective:
     """What a stage trains. `loss(model, batch) -> (loss, {name: scalar tensor})`;
-    `batch(rng, size, part)` draws the indices of a batch of `size` samples from `rng` and loads
-    the samples `part` (a slice) of it; `val_batch(i)` is a fixed validation batch (or None)."""
+    `batch(rng, size, part, step)` draws the indices of step's batch of `size` samples from `rng`
+    and loads the samples `part` (a slice) of it; `val_batch(i)` is a fixed validation batch (or
+    None). `decided_by`: the config subset that decides the weights (resume refuses others).
+    Scalars go to TensorBoard as `<tag>/loss`, `<tag>/<stat>`, `lr`. `final(model, step)` gives
+    the final file's contents (default: weights, step and config in model.pt)."""
     model: torch.nn.Module
     loss: Callable
-    batch: Callable[[np.random.Generator, int, slice], dict]
+    batch: Callable[[np.random.Generator, int, slice, int], dict]
+    decided_by: dict
     val_batch: Callable[[int], dict] | None = None
+    tag: str = "train"
+    final_file: str = FINAL_MODEL
+    final: Callable[[torch.nn.Module, int], dict] | None = None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -91,8 +98,24 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
     return state
 
 
+def load_weights(module: torch.nn.Module, state_dict: dict, path: Path, prefix: str = "") -> None:
+    """Load `state_dict` into `module`, refusing (naming the tensor) any extra, missing or
+    differently shaped tensor. `prefix`: the module's name in the model, for the message."""
+    own = module.state_dict()
+    for name, tensor in state_dict.items():
+        if name not in own:
+            raise CheckpointError(f"{path}: tensor '{prefix}{name}' is not in this model (model config differs)")
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(f"{path}: tensor '{prefix}{name}' has shape {tuple(tensor.shape)}, "
+                                  f"this model needs {tuple(own[name].shape)}")
+    missing = sorted(set(own) - set(state_dict))
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks tensor '{prefix}{missing[0]}'")
+    module.load_state_dict(state_dict)
+
+
 def _move(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _rng_state() -> dict:
@@ -120,7 +143,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    expected_hash = resume_hash(cfg)
+    expected_hash = resume_hash(objective.decided_by)
 
     start, history = 0, []
     ckpts = checkpoint_files(run_dir)
@@ -157,21 +180,24 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
         for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
             old.unlink()
 
-    def validate() -> float | None:
+    def validate() -> dict:
+        """Mean loss and stats over the fixed validation batches: {"val_loss": .., "val_<stat>": ..}."""
         if objective.val_batch is None:
-            return None
+            return {"val_loss": None}
         model.eval()
+        rows = []
         with torch.no_grad(), accelerator.autocast():
-            losses = [objective.loss(model, _move(objective.val_batch(i), accelerator.device))[0].item()
-                      for i in range(tc.val_batches)]
+            for i in range(tc.val_batches):
+                loss, stats = objective.loss(model, _move(objective.val_batch(i), accelerator.device))
+                rows.append({"val_loss": loss.item(), **{f"val_{k}": v.item() for k, v in stats.items()}})
         model.train()
-        return float(np.mean(losses))
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
     model.train()
     bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
     t0, samples, last_loss = time.perf_counter(), 0, float("nan")
     for step in range(start, tc.steps):
-        batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part),
+        batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
                       accelerator.device)
         with accelerator.autocast():
             loss, stats = objective.loss(model, batch)
@@ -190,15 +216,16 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
             if done % tc.val_every == 0 or done == tc.steps:
-                row["val_loss"] = validate()
+                row.update(validate())
             history.append(row)
             if writer:
-                writer.add_scalar("train/loss", row["loss"], done)
+                tag = objective.tag
+                writer.add_scalar(f"{tag}/loss", row["loss"], done)
                 writer.add_scalar("lr", row["lr"], done)
-                writer.add_scalar("train/samples_per_s", rate, done)
+                writer.add_scalar(f"{tag}/samples_per_s", rate, done)
                 for k, v in row.items():
                     if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
-                        writer.add_scalar(f"val/loss" if k == "val_loss" else f"train/{k}", v, done)
+                        writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"{tag}/{k}", v, done)
             bar.set_postfix(loss=f"{last_loss:.4f}")
             if bar.disable and "val_loss" in row:  # no progress bar (not a terminal): a line per validation
                 log(f"step {done}/{tc.steps} loss {last_loss:.4f} val_loss {row['val_loss']} "
@@ -210,8 +237,9 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     if writer:
         writer.close()
     if accelerator.is_main_process:
-        atomic_torch_save(run_dir / FINAL_MODEL, {"model_state_dict": raw_model.state_dict(),
-                                                  "global_step": tc.steps, "config": cfg.to_dict()})
+        final_state = objective.final or (lambda m, step: {"model_state_dict": m.state_dict(),
+                                                           "global_step": step, "config": cfg.to_dict()})
+        atomic_torch_save(run_dir / objective.final_file, final_state(raw_model, tc.steps))
     elapsed = time.perf_counter() - t0
     final = history[-1] if history else {}
     return {"steps": tc.steps, "final_loss": final.get("loss"), "final_val_loss": final.get("val_loss"),

@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,17 @@ def cccad(*args, cwd=None, check=True, timeout=600) -> subprocess.CompletedProce
     if check and proc.returncode != 0:
         raise AssertionError(f"cccad {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_after_checkpoint(args, run_dir: Path, step: int, final_file: str) -> None:
+    """Start `cccad args...` and SIGKILL it once it has checkpointed step `step` (or later)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "cccad", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and max([int(p.stem[5:]) for p in (run_dir / "checkpoints").glob("step-*.pt")],
+                                          default=0) < step:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / final_file).exists(), "run finished before it could be killed"

@@ -1,15 +1,10 @@
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from cccad.trainer import CKPT_DIR, FINAL_MODEL
-from conftest import ROOT, cccad
+from conftest import cccad, kill_after_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +40,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, dataset):
     cccad("run", "train", "-c", cfg, "--out", tmp_path / "straight", *args)
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(cfg), "--out", str(killed), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((killed / CKPT_DIR).glob("step-*.pt"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / FINAL_MODEL).exists(), "run finished before it could be killed"
+    kill_after_checkpoint(["run", "train", "-c", cfg, "--out", killed, *args], killed, 20, FINAL_MODEL)
     resumed = cccad("run", "train", "-c", cfg, "--out", killed, *args)
     assert "resumed from" in resumed.stdout
     a, b = weights(tmp_path / "straight"), weights(killed)

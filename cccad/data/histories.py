@@ -160,3 +160,19 @@ def history_windows(ds, streams: np.ndarray, starts: np.ndarray, K: int, n_actio
                            tensor(ds["rewards"][rows, prev]), tensor(ds["next_states"][rows, prev]),
                            tensor(ds["states"][rows, t]), n_actions, scale)
     return {"features": feats, "actions": tensor(ds["actions"][rows, t]).long()}
+
+
+def split_streams(n_streams: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) stream indices: a fixed share of whole streams is held out."""
+    order = np.random.default_rng([seed, 1]).permutation(n_streams)
+    n_val = int(round(val_fraction * n_streams))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def sample_windows(ds, ids: np.ndarray, rng: np.random.Generator, size: int, length: int, part: slice,
+                   scale: float) -> dict:
+    """`size` random windows of `length` tokens from the streams `ids`; loads only `part` of them
+    (the indices are drawn for all, so every process draws the same global batch)."""
+    steps = ds["actions"].shape[1]
+    streams, starts = ids[rng.integers(0, len(ids), size)], rng.integers(0, steps - length + 1, size)
+    return history_windows(ds, streams[part], starts[part], length, N_ACTIONS, scale)

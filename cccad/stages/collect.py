@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from cccad.config import Config, config_hash
+from cccad.config import Config, ConfigError, config_hash
 from cccad.data.histories import collect_histories
 from cccad.data.store import DatasetError, DatasetWriter, open_dataset
 from cccad.plots import line_plot
@@ -22,6 +22,17 @@ def dataset_config(cfg: Config) -> dict:
     """What determines the data: a dataset is reused only when this matches exactly."""
     d = cfg.to_dict()
     return {"seed": d["seed"], "env": d["env"], "collect": d["collect"]}
+
+
+def decided_by(cfg: Config) -> dict:
+    return dataset_config(cfg)
+
+
+def require_dataset(path: str, key: str) -> None:
+    if not path:
+        raise ConfigError(f"{key}: not set (a collect run folder's dataset)")
+    if not (Path(path) / "manifest.json").is_file():
+        raise ConfigError(f"{key}: no dataset at {path}")
 
 
 def open_histories(path: str | Path, cfg: Config, verify: bool = True):

@@ -1,0 +1,126 @@
+"""CompressedAD: Algorithm Distillation whose long context is compressed into latent tokens.
+
+The decoder window holds `n_latent` latents and up to R = context_len - n_latent recent
+transitions. When it is full, the oldest `chunk_len` transitions are compressed: the encoder
+reads [previous latents, chunk] and writes new latents (learned queries attending to both), so
+latents of depth d summarise the d chunks behind the recent transitions. Depth is capped at
+`max_compression_depth` D: the latents are always the recursive compression of the last (at
+most) D chunks, re-encoded from those chunks' transitions, so a context of any length costs at
+most context_len decoder tokens and D encoder passes per compression.
+
+Shared parts carry the seed's names: `embed_context`, `embed_ln` (token embedding, used by both
+encoder and decoder) and `encoder`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cccad.config import ModelConfig, PretrainConfig
+from cccad.models.ad import ADTransformer, Block, init_weights, n_token_features
+
+
+class LatentEncoder(nn.Module):
+    """[previous latents (optional), chunk embeddings] -> n_latent latents."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(cfg.n_latent, cfg.n_embd) * 0.02)
+        self.chunk_pos = nn.Parameter(torch.randn(cfg.chunk_len, cfg.n_embd) * 0.02)
+        self.latent_type = nn.Parameter(torch.zeros(cfg.n_embd))  # marks the previous latents
+        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.encoder_n_layer))
+        self.ln = nn.LayerNorm(cfg.n_embd)
+
+    def forward(self, chunk: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        B, m = chunk.shape[0], self.queries.shape[0]
+        parts = [self.queries.expand(B, -1, -1)]
+        if previous is not None:
+            parts.append(previous + self.latent_type)
+        parts.append(chunk + self.chunk_pos[:chunk.shape[1]])
+        x = torch.cat(parts, 1)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln(x[:, :m])
+
+
+def compress(embed, encoder: LatentEncoder, chunks: torch.Tensor, chunk_len: int) -> torch.Tensor | None:
+    """(B, d*chunk_len, F) token features of d consecutive chunks -> latents of depth d (or None)."""
+    latents = None
+    for i in range(chunks.shape[1] // chunk_len):
+        latents = encoder(embed(chunks[:, i * chunk_len:(i + 1) * chunk_len]), latents)
+    return latents
+
+
+class CompressedAD(ADTransformer):
+    def __init__(self, cfg: ModelConfig, obs_dim: int, n_actions: int):
+        super().__init__(cfg, obs_dim, n_actions, n_positions=cfg.recent_len)
+        self.encoder = LatentEncoder(cfg)
+        self.latent_pos = nn.Parameter(torch.randn(cfg.n_latent, cfg.n_embd) * 0.02)
+        init_weights(self.encoder, cfg.encoder_n_layer)
+
+    def depth_of(self, n_tokens: int) -> int:
+        """Training windows are d chunks followed by R recent transitions."""
+        c = self.cfg
+        depth, rest = divmod(n_tokens - c.recent_len, c.chunk_len)
+        if n_tokens < c.recent_len or rest or depth > c.max_compression_depth:
+            raise ValueError(f"{n_tokens} tokens are not d x {c.chunk_len} + {c.recent_len} "
+                             f"with d <= {c.max_compression_depth}")
+        return depth
+
+    def latents(self, chunks: torch.Tensor) -> torch.Tensor | None:
+        latents = compress(self.embed, self.encoder, chunks, self.cfg.chunk_len)
+        return None if latents is None else latents + self.latent_pos
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, d*chunk_len + R, F) -> logits (B, R, n_actions) for the R recent transitions."""
+        n_chunk = self.depth_of(features.shape[1]) * self.cfg.chunk_len
+        return self.decode(features[:, n_chunk:], prefix=self.latents(features[:, :n_chunk]))
+
+    def flops_per_token(self) -> float:
+        c = self.cfg
+        return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * c.context_len
+
+
+def transition_columns(obs_dim: int, n_actions: int) -> slice:
+    """The (s, a, r, s') part of token features: what pre-training reconstructs."""
+    return slice(1, 1 + 2 * obs_dim + n_actions + 1)
+
+
+class ReconstructionDecoder(nn.Module):
+    """Pre-training head: reads latents of depth d and reconstructs the d*chunk_len compressed
+    transitions (one learned query per position, bidirectional attention over [latents, queries])."""
+
+    def __init__(self, cfg: ModelConfig, pcfg: PretrainConfig, n_targets: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(cfg.max_compression_depth * cfg.chunk_len, cfg.n_embd) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(pcfg.pretrain_decoder_n_layer))
+        self.ln = nn.LayerNorm(cfg.n_embd)
+        self.out = nn.Linear(cfg.n_embd, n_targets)
+        init_weights(self, pcfg.pretrain_decoder_n_layer)
+
+    def forward(self, latents: torch.Tensor, n: int) -> torch.Tensor:
+        m = latents.shape[1]
+        x = torch.cat([latents, self.queries[:n].expand(latents.shape[0], -1, -1)], 1)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.ln(x[:, m:]))
+
+
+class EncoderPretrainer(nn.Module):
+    """Stage 1: the shared embedding and the encoder, trained to reconstruct what they compress."""
+
+    def __init__(self, cfg: ModelConfig, pcfg: PretrainConfig, obs_dim: int, n_actions: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_context = nn.Linear(n_token_features(obs_dim, n_actions), cfg.n_embd)
+        self.embed_ln = nn.LayerNorm(cfg.n_embd)
+        self.encoder = LatentEncoder(cfg)
+        init_weights(self.encoder, cfg.encoder_n_layer)
+        nn.init.normal_(self.embed_context.weight, std=0.02)
+        nn.init.zeros_(self.embed_context.bias)
+        self.reconstruction = ReconstructionDecoder(cfg, pcfg, n_targets=2 * obs_dim + n_actions + 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, d*chunk_len, F) -> reconstructed transitions (B, d*chunk_len, targets)."""
+        embed = lambda f: self.embed_ln(self.embed_context(f))  # noqa: E731
+        return self.reconstruction(compress(embed, self.encoder, features, self.cfg.chunk_len), features.shape[1])

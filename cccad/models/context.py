@@ -1,0 +1,87 @@
+"""In-context acting: a batch of streams appends one transition per step; a context object turns
+the history so far into the next action's logits, with a KV cache.
+
+- `SlidingWindow` (AD): the last context_len transitions. While the window is not full, each step
+  appends one token to the cache; once it slides, the window is recomputed each step (learned
+  absolute positions shift), as in training.
+- `CompressedWindow` (CompressedAD): when the window is full the oldest chunk is compressed into
+  the latents (see cccad/models/compressed_ad.py); between compressions each step appends one
+  token to the cache of [latents, recent]. The cost of a step does not grow with the history.
+
+Both build token features exactly as training windows do: the first token of the context has no
+previous transition.
+"""
+from __future__ import annotations
+
+import torch
+
+from cccad.models.ad import ADTransformer, token_features
+from cccad.models.compressed_ad import CompressedAD
+
+
+class History:
+    """Raw transitions of n streams over up to `steps` steps."""
+
+    def __init__(self, n: int, steps: int, obs_dim: int, n_actions: int, scale: float, device):
+        self.n_actions, self.scale, self.device = n_actions, scale, device
+        self.states = torch.zeros(n, steps + 1, obs_dim, dtype=torch.long)
+        self.actions = torch.zeros(n, steps, dtype=torch.long)
+        self.rewards = torch.zeros(n, steps)
+        self.next_states = torch.zeros(n, steps, obs_dim, dtype=torch.long)
+
+    def features(self, lo: int, hi: int, first_of_window: bool = True) -> torch.Tensor:
+        """Token features of steps lo..hi-1 (token t: transition t-1 and state t)."""
+        prev = (torch.arange(lo, hi) - 1).clamp(min=0)
+        return token_features(self.states[:, prev], self.actions[:, prev], self.rewards[:, prev],
+                              self.next_states[:, prev], self.states[:, lo:hi], self.n_actions, self.scale,
+                              mask_first=first_of_window).to(self.device)
+
+
+class SlidingWindow:
+    def __init__(self, model: ADTransformer, history: History):
+        self.model, self.history = model, history
+        self.start, self.cache = 0, None
+        self.compressions = 0
+
+    @torch.no_grad()
+    def logits(self, t: int) -> torch.Tensor:
+        K = self.model.n_positions
+        if self.cache is not None and t - self.start < K:
+            x = self.history.features(t, t + 1, first_of_window=False)
+            return self.model.decode(x, cache=self.cache, start=t - self.start)[:, -1]
+        self.start, self.cache = max(0, t - K + 1), self.model.new_cache()
+        return self.model.decode(self.history.features(self.start, t + 1), cache=self.cache)[:, -1]
+
+
+class CompressedWindow:
+    def __init__(self, model: CompressedAD, history: History):
+        self.model, self.history = model, history
+        self.chunk_starts: list[int] = []  # the chunks behind the latents, oldest first
+        self.recent, self.cache = 0, None  # first recent step; cache of [latents, recent]
+        self.compressions = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self.chunk_starts)
+
+    @torch.no_grad()
+    def logits(self, t: int) -> torch.Tensor:
+        c = self.model.cfg
+        while t - self.recent + 1 > c.recent_len:  # window full: compress the oldest chunk
+            self.chunk_starts = (self.chunk_starts + [self.recent])[-c.max_compression_depth:]
+            self.recent += c.chunk_len
+            self.compressions += 1
+            self.cache = None
+        if self.cache is not None:
+            x = self.history.features(t, t + 1, first_of_window=False)
+            return self.model.decode(x, cache=self.cache, start=t - self.recent)[:, -1]
+        lo = self.chunk_starts[0] if self.chunk_starts else self.recent
+        x = self.history.features(lo, t + 1)
+        n_chunk = self.recent - lo
+        self.cache = self.model.new_cache()
+        latents = self.model.latents(x[:, :n_chunk])
+        return self.model.decode(x[:, n_chunk:], prefix=latents, cache=self.cache)[:, -1]
+
+
+def context_for(model, history: History):
+    return CompressedWindow(model, history) if isinstance(model, CompressedAD) else SlidingWindow(model, history)

@@ -1,0 +1,161 @@
+"""CompressedAD: bounded context, cached streaming, encoder pre-training, loading and freezing."""
+import json
+
+import pytest
+import torch
+
+from cccad.config import ModelConfig, load_config
+from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
+from cccad.models.ad import ADTransformer
+from cccad.models.compressed_ad import CompressedAD
+from cccad.models.context import CompressedWindow, History, SlidingWindow
+from cccad.stages.pretrain_encoder import PRETRAINED_FILE
+from cccad.trainer import FINAL_MODEL
+from conftest import TINY, cccad, kill_after_checkpoint, write_yaml
+
+SMALL = ModelConfig(kind="compressed_ad", context_len=20, n_embd=16, n_layer=2, n_head=2, n_latent=4,
+                    chunk_len=6, max_compression_depth=3, encoder_n_layer=1)
+
+
+def random_history(n, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = History(n, steps, OBS_DIM, N_ACTIONS, scale=8.0, device="cpu")
+    h.states[:] = torch.randint(0, 9, h.states.shape, generator=g)
+    h.actions[:] = torch.randint(0, N_ACTIONS, h.actions.shape, generator=g)
+    h.rewards[:] = torch.randint(0, 2, h.rewards.shape, generator=g).float()
+    h.next_states[:] = h.states[:, 1:]
+    return h
+
+
+def test_context_of_any_length_costs_a_bounded_number_of_tokens():
+    torch.manual_seed(0)
+    model = CompressedAD(SMALL, OBS_DIM, N_ACTIONS).eval()
+    steps = 15 * SMALL.context_len  # many windows
+    ctx = CompressedWindow(model, random_history(3, steps))
+    depths = set()
+    for t in range(steps):
+        ctx.logits(t)
+        tokens = ctx.cache[0]["k"].shape[2]  # what the decoder attends to now
+        assert tokens <= SMALL.context_len, (t, tokens)
+        assert ctx.depth <= SMALL.max_compression_depth
+        depths.add(ctx.depth)
+    assert depths == {0, 1, 2, 3}
+    # one compression per chunk_len steps once the recent part first filled
+    assert ctx.compressions == (steps - SMALL.recent_len + SMALL.chunk_len - 1) // SMALL.chunk_len
+
+
+def test_cached_streaming_equals_recomputing_the_window():
+    """The KV cache is an optimisation only: each step's logits equal a fresh forward pass."""
+    torch.manual_seed(0)
+    steps = 90
+    h = random_history(2, steps, seed=1)
+    comp = CompressedAD(SMALL, OBS_DIM, N_ACTIONS).eval()
+    ad = ADTransformer(ModelConfig(context_len=30, n_embd=16, n_layer=2, n_head=2), OBS_DIM, N_ACTIONS).eval()
+    cw, sw = CompressedWindow(comp, h), SlidingWindow(ad, h)
+    with torch.no_grad():
+        for t in range(steps):
+            got = cw.logits(t)
+            lo = cw.chunk_starts[0] if cw.chunk_starts else cw.recent
+            x = h.features(lo, t + 1)
+            n_chunk = cw.recent - lo
+            want = comp.decode(x[:, n_chunk:], prefix=comp.latents(x[:, :n_chunk]))[:, -1]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            if t - cw.recent + 1 == SMALL.recent_len:  # a training-shaped window: forward() agrees too
+                torch.testing.assert_close(got, comp(x)[:, -1], rtol=1e-4, atol=1e-5)
+            got = sw.logits(t)
+            want = ad(h.features(max(0, t - 29), t + 1))[:, -1]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- stages, through the CLI
+
+COMPRESSED = {**TINY, "model": {"kind": "compressed_ad", "context_len": 24, "n_embd": 32, "n_layer": 2, "n_head": 2,
+                                "n_latent": 6, "chunk_len": 12, "encoder_n_layer": 1},
+              "pretrain": {"pretrain_steps": 150, "pretrain_batch_size": 16, "pretrain_warmup_steps": 10,
+                           "pretrain_lr": 0.002,
+                           "curriculum": [{"steps": 50, "depths": [1]}, {"steps": 50, "depths": [1, 2]},
+                                          {"steps": 50, "depths": [1, 2, 3]}]}}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compressed")
+    cfg = write_yaml(root / "compressed.yaml", COMPRESSED)
+    cccad("run", "collect", "-c", cfg, "--out", root / "collect")
+    data = root / "collect" / "dataset"
+    cccad("run", "pretrain_encoder", "-c", cfg, "--out", root / "pretrain", f"train.dataset={data}")
+    return cfg, data, root / "pretrain"
+
+
+def test_pretraining_loss_falls_and_correlation_rises(pretrained):
+    m = json.loads((pretrained[2] / "metrics.json").read_text())
+    first, last = m["history"][0], m["history"][-1]
+    assert last["loss"] < 0.6 * first["loss"], (first["loss"], last["loss"])
+    assert first["correlation"] < 0.2 and last["correlation"] > 0.5, (first["correlation"], last["correlation"])
+    assert m["final_val_correlation"] > 0.4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = EventAccumulator(str(pretrained[2] / "tb")).Reload().Tags()["scalars"]
+    assert {"pretrain/loss", "pretrain/correlation", "lr"} <= set(tags)
+
+
+def test_curriculum_draws_only_the_allowed_depths_of_each_phase(pretrained):
+    m = json.loads((pretrained[2] / "metrics.json").read_text())
+    drawn = m["samples_per_depth_drawn"]
+    for phase, allowed in zip(drawn, [{"1"}, {"1", "2"}, {"1", "2", "3"}]):
+        used = {d for d, n in phase.items() if n}
+        assert used == allowed, (phase, allowed)  # every allowed depth drawn, no other
+        assert sum(phase.values()) == 50 * 16
+    assert drawn == m["samples_per_depth_planned"]
+
+
+def test_pretrained_checkpoint_has_exactly_the_seed_keys(pretrained):
+    state = torch.load(pretrained[2] / PRETRAINED_FILE, weights_only=True)
+    assert set(state) == {"encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict",
+                          "global_step", "config"}
+    assert state["global_step"] == 150 and state["config"]["model"]["n_latent"] == 6
+
+
+@pytest.mark.parametrize("override,shapes", [("model.n_latent=4", "(6, 32), this model needs (4, 32)"),
+                                             ("model.n_embd=16", "(6, 32), this model needs (6, 16)")])
+def test_loading_into_another_model_names_the_tensor(tmp_path, pretrained, override, shapes):
+    cfg, data, pre = pretrained
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "t", f"train.dataset={data}",
+                 f"train.pretrained_encoder_path={pre / PRETRAINED_FILE}", override, check=False)
+    assert proc.returncode == 2 and f"tensor 'encoder.queries' has shape {shapes}" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "t" / FINAL_MODEL).exists()
+
+
+def test_frozen_encoder_stays_bit_identical_and_finetuned_one_moves(tmp_path, pretrained):
+    cfg, data, pre = pretrained
+    start = torch.load(pre / PRETRAINED_FILE, weights_only=True)["encoder_state_dict"]
+    for frozen in (True, False):
+        out = tmp_path / f"frozen{frozen}"
+        proc = cccad("run", "train", "-c", cfg, "--out", out, f"train.dataset={data}", "train.steps=30",
+                     f"train.pretrained_encoder_path={pre / PRETRAINED_FILE}", f"train.freeze_encoder={str(frozen).lower()}")
+        assert "loaded pre-trained encoder (" in proc.stdout and "step 150" in proc.stdout
+        after = torch.load(out / FINAL_MODEL, weights_only=True)["model_state_dict"]
+        same = [torch.equal(after[f"encoder.{k}"], v) for k, v in start.items()]
+        assert all(same) if frozen else not any(same), (frozen, same)
+
+
+def test_killed_and_resumed_pretraining_equals_uninterrupted(tmp_path, pretrained):
+    cfg, data, pre = pretrained
+    args = ["run", "pretrain_encoder", "-c", cfg, f"train.dataset={data}", "train.checkpoint_every=20"]
+    killed = tmp_path / "killed"
+    kill_after_checkpoint([*args, "--out", killed], killed, 60, PRETRAINED_FILE)  # step 60: mid-phase 2
+    resumed = cccad(*args, "--out", killed)
+    assert "resumed from" in resumed.stdout
+    cccad(*args, "--out", tmp_path / "straight")
+    a = torch.load(tmp_path / "straight" / PRETRAINED_FILE, weights_only=True)
+    b = torch.load(killed / PRETRAINED_FILE, weights_only=True)
+    for part in ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict"):
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+
+
+def test_curriculum_beyond_max_depth_is_refused_naming_the_key(tmp_path, pretrained):
+    cfg, data, _ = pretrained
+    proc = cccad("run", "pretrain_encoder", "-c", cfg, "--out", tmp_path / "p", f"train.dataset={data}",
+                 "model.max_compression_depth=2", check=False)
+    assert proc.returncode == 2 and "pretrain.curriculum: uses depth 3, beyond model.max_compression_depth=2" in proc.stderr
+    assert not (tmp_path / "p").exists()
