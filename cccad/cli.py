@@ -45,7 +45,8 @@ def cmd_local(args) -> int:
     for task in tasks:
         metrics = read_metrics(task.run_dir) if task.stage == "evaluate" else None
         if metrics and "final_normalised_return" in metrics:
-            print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}")
+            print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}"
+                  + (f" ({metrics['compressions']} compressions)" if metrics.get("compressions") else ""))
     for name in failed:
         print(f"  {status[name]}: {name}")
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")

@@ -85,21 +85,22 @@ class CollectConfig:
 @dataclass
 class ModelConfig:
     kind: Literal["ad", "compressed_ad"] = "ad"
-    context_len: int = 200  # tokens the decoder attends to (AD: one per transition)
+    context_len: int = 200  # AD: transitions the model attends to (one token each)
     n_embd: int = 128
     n_layer: int = 4
     n_head: int = 4
     dropout: float = 0.0
-    # CompressedAD: the decoder window holds n_latent latents + (context_len - n_latent) recent
-    # transitions; when it is full the oldest chunk_len transitions are compressed, together
-    # with the previous latents, into new latents (depth = chunks behind the latents)
+    # CompressedAD: the decoder window holds n_latent latents + recent_len recent transitions;
+    # when it is full the oldest chunk_len transitions are compressed, together with the
+    # previous latents, into new latents (depth = chunks behind the latents)
+    recent_len: int = 80
     n_latent: int = 20
     chunk_len: int = 40
     max_compression_depth: int = 3
     encoder_n_layer: int = 2
 
     def check(self, err):
-        for key in ("context_len", "n_embd", "n_layer", "n_head", "n_latent", "chunk_len",
+        for key in ("context_len", "n_embd", "n_layer", "n_head", "recent_len", "n_latent", "chunk_len",
                     "max_compression_depth", "encoder_n_layer"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
@@ -107,14 +108,9 @@ class ModelConfig:
             err("n_embd", f"must be divisible by n_head ({self.n_head})", related="n_head")
         if not 0.0 <= self.dropout < 1.0:
             err("dropout", "must be within [0, 1)")
-        if self.kind == "compressed_ad" and self.chunk_len > self.context_len - self.n_latent:
-            err("chunk_len", f"must fit the recent part of the window: at most context_len - n_latent "
-                f"= {self.context_len - self.n_latent}", related="context_len")
-
-    @property
-    def recent_len(self) -> int:
-        """CompressedAD: transitions in the decoder window besides the latents."""
-        return self.context_len - self.n_latent
+        if self.chunk_len > self.recent_len:
+            err("chunk_len", f"must be at most recent_len ({self.recent_len}): the oldest chunk of the "
+                "recent transitions is what gets compressed", related="recent_len")
 
 
 @dataclass
@@ -358,10 +354,14 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def merge_into(base: dict, update: dict) -> dict:
+# mappings a later layer replaces whole instead of merging into (a study's variants)
+REPLACED = ("study.variants",)
+
+
+def merge_into(base: dict, update: dict, prefix: str = "") -> dict:
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            merge_into(base[k], v)
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and f"{prefix}{k}" not in REPLACED:
+            merge_into(base[k], v, f"{prefix}{k}.")
         else:
             base[k] = copy.deepcopy(v)
     return base

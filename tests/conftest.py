@@ -15,10 +15,15 @@ CONFIGS = ROOT / "configs"
 TINY = {
     "extends": str(CONFIGS / "studies" / "smoke.yaml"),
     "collect": {"streams_per_task": 2, "episodes": 30},
-    "model": {"context_len": 40, "n_embd": 32, "n_layer": 2, "n_head": 2},
+    "model": {"context_len": 40, "recent_len": 18, "n_latent": 6, "chunk_len": 12, "n_embd": 32, "n_layer": 2,
+              "n_head": 2, "encoder_n_layer": 1},
+    "pretrain": {"pretrain_steps": 150, "pretrain_batch_size": 16, "pretrain_warmup_steps": 10, "pretrain_lr": 0.002,
+                 "curriculum": [{"steps": 50, "depths": [1]}, {"steps": 50, "depths": [1, 2]},
+                                {"steps": 50, "depths": [1, 2, 3]}]},
     "train": {"steps": 60, "batch_size": 8, "num_warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
               "val_every": 30, "val_batches": 1},
     "evaluate": {"episodes": 4, "streams_per_task": 1},
+    "probe": {"steps": 40, "val_samples": 64},
 }
 
 

@@ -13,7 +13,7 @@ from cccad.stages.pretrain_encoder import PRETRAINED_FILE
 from cccad.trainer import FINAL_MODEL
 from conftest import TINY, cccad, kill_after_checkpoint, write_yaml
 
-SMALL = ModelConfig(kind="compressed_ad", context_len=20, n_embd=16, n_layer=2, n_head=2, n_latent=4,
+SMALL = ModelConfig(kind="compressed_ad", recent_len=16, n_embd=16, n_layer=2, n_head=2, n_latent=4,
                     chunk_len=6, max_compression_depth=3, encoder_n_layer=1)
 
 
@@ -30,13 +30,14 @@ def random_history(n, steps, seed=0):
 def test_context_of_any_length_costs_a_bounded_number_of_tokens():
     torch.manual_seed(0)
     model = CompressedAD(SMALL, OBS_DIM, N_ACTIONS).eval()
-    steps = 15 * SMALL.context_len  # many windows
+    window = SMALL.n_latent + SMALL.recent_len
+    steps = 15 * window  # many windows
     ctx = CompressedWindow(model, random_history(3, steps))
     depths = set()
     for t in range(steps):
         ctx.logits(t)
         tokens = ctx.cache[0]["k"].shape[2]  # what the decoder attends to now
-        assert tokens <= SMALL.context_len, (t, tokens)
+        assert tokens <= window, (t, tokens)
         assert ctx.depth <= SMALL.max_compression_depth
         depths.add(ctx.depth)
     assert depths == {0, 1, 2, 3}
@@ -69,12 +70,7 @@ def test_cached_streaming_equals_recomputing_the_window():
 
 # --------------------------------------------------------------------------- stages, through the CLI
 
-COMPRESSED = {**TINY, "model": {"kind": "compressed_ad", "context_len": 24, "n_embd": 32, "n_layer": 2, "n_head": 2,
-                                "n_latent": 6, "chunk_len": 12, "encoder_n_layer": 1},
-              "pretrain": {"pretrain_steps": 150, "pretrain_batch_size": 16, "pretrain_warmup_steps": 10,
-                           "pretrain_lr": 0.002,
-                           "curriculum": [{"steps": 50, "depths": [1]}, {"steps": 50, "depths": [1, 2]},
-                                          {"steps": 50, "depths": [1, 2, 3]}]}}
+COMPRESSED = {**TINY, "model": {**TINY["model"], "kind": "compressed_ad"}}
 
 
 @pytest.fixture(scope="module")

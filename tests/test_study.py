@@ -2,7 +2,8 @@ import json
 
 from conftest import TINY, cccad, write_yaml
 
-STUDY = {**TINY, "study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0, 1]}}
+STUDY = {**TINY, "study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0, 1], "stages": ["collect", "train", "evaluate"],
+                           "variants": {"AD": {}}}}
 
 
 def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
@@ -49,9 +50,42 @@ def test_harder_envs_run_through_the_same_stages(tmp_path):
     study = write_yaml(tmp_path / "study.yaml", {
         **TINY, "collect": {"streams_per_task": 1, "episodes": 8},
         "evaluate": {"episodes": 2, "streams_per_task": 1},
-        "study": {"name": "hard", "envs": ["darkroom_hard", "dark_key_to_door"], "seeds": [0]}})
+        "study": {"name": "hard", "envs": ["darkroom_hard", "dark_key_to_door"], "seeds": [0],
+                  "stages": ["collect", "train", "evaluate"], "variants": {"AD": {}}}})
     cccad("local", study, "--runs", tmp_path / "runs")
     for env, n_test, best in (("darkroom_hard", 29, 1.0), ("dark_key_to_door", 648, 2.0)):
         ev = json.loads((tmp_path / "runs" / "hard" / f"evaluate-AD-{env}-seed0" / "metrics.json").read_text())
         assert ev["n_test_tasks"] == n_test and len(ev["return_curve"]) == 2
         assert 0 <= ev["final_return"] <= best
+
+
+def test_compressed_ad_study_graph(tmp_path):
+    """collect -> pretrain_encoder -> train (4 variants) -> evaluate, probe: the smoke study's graph."""
+    study = write_yaml(tmp_path / "study.yaml", {**TINY, "study": {"name": "cad", "envs": ["darkroom"], "seeds": [0]}})
+    runs = tmp_path / "runs"
+    proc = cccad("local", study, "--runs", runs)
+    root = runs / "cad"
+    variants = ["AD", "CompressedAD-random", "CompressedAD-finetuned", "CompressedAD-frozen"]
+    pre = root / "pretrain-encoder-darkroom-seed0"
+    assert (pre / "encoder-pretrained-final.pt").is_file()
+    for v in variants:
+        train_log = (root / f"train-{v}-darkroom-seed0" / "log.txt").read_text()
+        assert (f"from {pre.resolve()}/encoder-pretrained-final.pt" in train_log) == v.endswith(("finetuned", "frozen"))
+        assert ("encoder frozen" in train_log) == v.endswith("frozen")
+        ev = json.loads((root / f"evaluate-{v}-darkroom-seed0" / "metrics.json").read_text())
+        # 4 episodes x 20 steps = 80 transitions: a CompressedAD window of 6 latents + 18 recent
+        # compresses a 12-transition chunk once the 18 fill, then every 12 steps
+        assert ev["compressions"] == (0 if v == "AD" else (80 - 18 + 11) // 12)
+        probe = json.loads((root / f"probe-{v}-darkroom-seed0" / "metrics.json").read_text())
+        assert set(probe["per_depth"]) == {"1", "2", "3"}
+        assert set(probe["per_depth"]["1"]) == ({"uncompressed"} if v == "AD" else {"latent", "uncompressed"})
+    assert proc.stdout.count("[done]") == 1 + 1 + 3 * len(variants)
+
+
+def test_a_variant_asking_for_an_unlisted_stage_is_refused(tmp_path):
+    study = write_yaml(tmp_path / "study.yaml", {**TINY, "study": {
+        "name": "bad", "stages": ["collect", "train"],
+        "variants": {"CAD": {"model.kind": "compressed_ad", "train.pretrained_encoder_path": "@pretrain_encoder"}}}})
+    proc = cccad("local", study, "--runs", tmp_path / "runs", check=False)
+    assert proc.returncode == 2 and "train.pretrained_encoder_path: '@pretrain_encoder' but study.stages does not list" in proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -97,4 +97,4 @@ def test_checkpoint_tensors_are_checked_by_name_and_shape(tmp_path, dataset):
     state["model_state_dict"]["head.weight"] = torch.zeros(7, 32)
     torch.save(state, tmp_path / "train" / FINAL_MODEL)
     with pytest.raises(CheckpointError, match=r"tensor 'head.weight' has shape \(7, 32\), this model needs \(5, 32\)"):
-        load_model(load_config(cfg, args + [f"evaluate.checkpoint={tmp_path / 'train'}"]), "cpu")
+        load_model(load_config(cfg, args), tmp_path / "train", "cpu")

@@ -175,4 +175,5 @@ def sample_windows(ds, ids: np.ndarray, rng: np.random.Generator, size: int, len
     (the indices are drawn for all, so every process draws the same global batch)."""
     steps = ds["actions"].shape[1]
     streams, starts = ids[rng.integers(0, len(ids), size)], rng.integers(0, steps - length + 1, size)
-    return history_windows(ds, streams[part], starts[part], length, N_ACTIONS, scale)
+    windows = history_windows(ds, streams[part], starts[part], length, N_ACTIONS, scale)
+    return {**windows, "streams": torch.from_numpy(streams[part])}

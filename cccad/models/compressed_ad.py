@@ -1,12 +1,11 @@
 """CompressedAD: Algorithm Distillation whose long context is compressed into latent tokens.
 
-The decoder window holds `n_latent` latents and up to R = context_len - n_latent recent
-transitions. When it is full, the oldest `chunk_len` transitions are compressed: the encoder
+The decoder window holds `n_latent` latents and up to R = `recent_len` recent transitions. When it is full, the oldest `chunk_len` transitions are compressed: the encoder
 reads [previous latents, chunk] and writes new latents (learned queries attending to both), so
 latents of depth d summarise the d chunks behind the recent transitions. Depth is capped at
 `max_compression_depth` D: the latents are always the recursive compression of the last (at
 most) D chunks, re-encoded from those chunks' transitions, so a context of any length costs at
-most context_len decoder tokens and D encoder passes per compression.
+most n_latent + recent_len decoder tokens and D encoder passes per compression.
 
 Shared parts carry the seed's names: `embed_context`, `embed_ln` (token embedding, used by both
 encoder and decoder) and `encoder`.
@@ -78,7 +77,7 @@ class CompressedAD(ADTransformer):
 
     def flops_per_token(self) -> float:
         c = self.cfg
-        return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * c.context_len
+        return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * (c.n_latent + c.recent_len)
 
 
 def transition_columns(obs_dim: int, n_actions: int) -> slice:

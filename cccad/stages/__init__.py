@@ -10,7 +10,8 @@ cluster submitter treat them alike.
     run(cfg, run_dir, log)      do the work; return the metrics dict
     outputs_valid(cfg, run_dir) whether outputs exist and validate (beyond metrics.json)
 """
-from cccad.stages import collect, evaluate, pretrain_encoder, train
+from cccad.stages import collect, evaluate, pretrain_encoder, probe, train
 
 # in dependency order
-STAGES = {"collect": collect, "pretrain_encoder": pretrain_encoder, "train": train, "evaluate": evaluate}
+STAGES = {"collect": collect, "pretrain_encoder": pretrain_encoder, "train": train, "evaluate": evaluate,
+          "probe": probe}

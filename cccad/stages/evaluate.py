@@ -39,8 +39,9 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
     return (Path(run_dir) / "in_context_return.png").is_file()
 
 
-def load_model(cfg: Config, device) -> torch.nn.Module:
-    path = Path(cfg.evaluate.checkpoint) / FINAL_MODEL
+def load_model(cfg: Config, train_run: str | Path, device) -> torch.nn.Module:
+    """A train run's final model, refused unless it was trained on this env and model config."""
+    path = Path(train_run) / FINAL_MODEL
     state = load_checkpoint(path, ("model_state_dict", "global_step", "config"))
     own_cfg = cfg.to_dict()
     for section in ("env", "model"):  # same tasks (so the same held-out split) and same network
@@ -83,7 +84,7 @@ def rollout(model, cfg: Config, tasks: np.ndarray, seed: int, device) -> tuple[n
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(cfg, device)
+    model = load_model(cfg, cfg.evaluate.checkpoint, device)
     family = DarkroomTasks(cfg.env)
     task_ids = np.repeat(family.test_ids, cfg.evaluate.streams_per_task)
     chunks = [task_ids[i:i + cfg.evaluate.batch_size] for i in range(0, len(task_ids), cfg.evaluate.batch_size)]

@@ -31,7 +31,7 @@ SEED_KEYS = ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_d
 # train keys that only the action-prediction stage uses, and decoder-only model keys
 NOT_USED = ("train.steps", "train.batch_size", "train.lr", "train.num_warmup_steps",
             "train.pretrained_encoder_path", "train.freeze_encoder", "model.kind", "model.context_len",
-            "model.n_layer")
+            "model.recent_len", "model.n_layer")
 
 
 def decided_by(cfg: Config) -> dict:

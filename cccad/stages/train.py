@@ -22,7 +22,7 @@ NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset"),
               "pretrain_encoder": ("train.pretrained_encoder_path", PRETRAINED_FILE)}
 PER_VARIANT = True
-COMPRESSION_KEYS = ("n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer")
+COMPRESSION_KEYS = ("recent_len", "n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer")
 # config the pre-trained encoder must share with this model beyond what tensor shapes show
 ENCODER_CONFIG = ("env.name", "env.size", "model.n_head", "model.chunk_len")
 
@@ -31,9 +31,8 @@ def decided_by(cfg: Config) -> dict:
     if cfg.model.kind == "ad":
         return pick(cfg, "seed", "env", "collect", "model", "train",
                     drop=tuple(f"model.{k}" for k in COMPRESSION_KEYS))
-    if cfg.train.pretrained_encoder_path:
-        return pick(cfg, "seed", "env", "collect", "model", "train", "pretrain")
-    return pick(cfg, "seed", "env", "collect", "model", "train")
+    sections = ("seed", "env", "collect", "model", "train") + (("pretrain",) if cfg.train.pretrained_encoder_path else ())
+    return pick(cfg, *sections, drop=("model.context_len",))  # an AD-only key
 
 
 def preflight(cfg: Config) -> None:
@@ -85,7 +84,7 @@ def action_loss(model, batch):
 
 def window_length(cfg: Config, rng: np.random.Generator) -> int:
     """AD: context_len transitions. CompressedAD: d chunks (d uniform in 0..max depth, so every
-    depth the evaluation meets is trained) then the recent part of the window."""
+    depth the evaluation meets is trained) then recent_len transitions."""
     m = cfg.model
     if m.kind == "ad":
         return m.context_len
@@ -98,7 +97,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     m = cfg.model
     longest = m.context_len if m.kind == "ad" else m.max_compression_depth * m.chunk_len + m.recent_len
     if steps < longest:
-        raise ConfigError(f"model.context_len: windows of {longest} transitions exceed the {steps} of each history")
+        key = "model.context_len" if m.kind == "ad" else "model.recent_len"
+        raise ConfigError(f"{key}: windows of {longest} transitions exceed the {steps} of each history")
     train_ids, val_ids = split_streams(n_streams, cfg.train.val_fraction, cfg.seed)
     if not len(train_ids):
         raise ConfigError(f"train.val_fraction: {cfg.train.val_fraction} leaves none of {n_streams} streams to train on")
