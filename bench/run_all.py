@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["collect_throughput.py", "train_throughput.py"]
+BENCHES = ["collect_throughput.py", "train_throughput.py", "incontext_latency.py"]
 
 
 def main():

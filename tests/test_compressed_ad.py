@@ -36,7 +36,7 @@ def test_context_of_any_length_costs_a_bounded_number_of_tokens():
     depths = set()
     for t in range(steps):
         ctx.logits(t)
-        tokens = ctx.cache[0]["k"].shape[2]  # what the decoder attends to now
+        tokens = ctx.cache[0]["n"]  # what the decoder attends to now
         assert tokens <= window, (t, tokens)
         assert ctx.depth <= SMALL.max_compression_depth
         depths.add(ctx.depth)

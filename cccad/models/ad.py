@@ -39,8 +39,9 @@ def n_token_features(obs_dim: int, n_actions: int) -> int:
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention; causal for the decoders, bidirectional for the encoders. With a
-    `cache` (a dict per layer), keys and values of earlier tokens are kept, and a call either
-    fills an empty cache (any number of tokens) or appends one token."""
+    `cache` (one dict per layer, from `new_cache`), keys and values are kept in a buffer of the
+    cache's capacity, and a call either fills an empty cache (any number of tokens) or appends
+    one token."""
 
     def __init__(self, cfg: ModelConfig, causal: bool = True):
         super().__init__()
@@ -53,12 +54,19 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         causal = self.causal
         if cache is not None:
-            if "k" in cache:
-                if T != 1:
-                    raise ValueError("a filled cache takes one token at a time")
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            n = cache.get("n", 0)
+            if n == 0:
+                shape = (B, self.n_head, cache["capacity"], C // self.n_head)
+                cache["k"], cache["v"] = x.new_empty(shape), x.new_empty(shape)
+            elif T != 1:
+                raise ValueError("a filled cache takes one token at a time")
+            else:
                 causal = False  # the one new token attends to everything before it
-            cache["k"], cache["v"] = k, v
+            if n + T > cache["capacity"]:
+                raise ValueError(f"cache full ({cache['capacity']} tokens)")
+            cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
+            cache["n"] = n + T
+            k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -98,6 +106,7 @@ class ADTransformer(nn.Module):
         super().__init__()
         self.cfg, self.n_actions = cfg, n_actions
         self.n_positions = n_positions or cfg.context_len
+        self.n_prefix = 0  # tokens a subclass puts in front (CompressedAD: latents)
         # names shared with CompressedAD (seed: embed_context, embed_ln)
         self.embed_context = nn.Linear(n_token_features(obs_dim, n_actions), cfg.n_embd)
         self.embed_ln = nn.LayerNorm(cfg.n_embd)
@@ -131,7 +140,8 @@ class ADTransformer(nn.Module):
         return self.decode(features)
 
     def new_cache(self) -> list[dict]:
-        return [{} for _ in self.blocks]
+        """Empty KV caches (one per layer) for up to the model's window of tokens."""
+        return [{"capacity": self.n_prefix + self.n_positions} for _ in self.blocks]
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward): 6 x weights + attention (PaLM appendix B)."""

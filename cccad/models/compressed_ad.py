@@ -53,6 +53,7 @@ def compress(embed, encoder: LatentEncoder, chunks: torch.Tensor, chunk_len: int
 class CompressedAD(ADTransformer):
     def __init__(self, cfg: ModelConfig, obs_dim: int, n_actions: int):
         super().__init__(cfg, obs_dim, n_actions, n_positions=cfg.recent_len)
+        self.n_prefix = cfg.n_latent
         self.encoder = LatentEncoder(cfg)
         self.latent_pos = nn.Parameter(torch.randn(cfg.n_latent, cfg.n_embd) * 0.02)
         init_weights(self.encoder, cfg.encoder_n_layer)
