@@ -74,6 +74,14 @@ def test_exponent_floats_and_list_items(tmp_path):
     ({"env": {"size": 300}}, "env.size", "at most 256"),
     ({"train": {"log_every": 7, "val_every": 10}}, "train.val_every", "multiple of log_every"),
     ({"collect": {"ppo_n_steps": 1}}, "collect.ppo_n_steps", "at least 2"),
+    ({"model": {"recent_len": 30, "chunk_len": 40}}, "model.chunk_len", "at most recent_len (30)"),
+    ({"pretrain": {"pretrain_steps": 100, "pretrain_warmup_steps": 0, "curriculum": [{"steps": 60, "depths": [1]}]}},
+     "pretrain.curriculum", "phases add up to 60 steps, pretrain_steps is 100"),
+    ({"pretrain": {"pretrain_steps": 10, "pretrain_warmup_steps": 0, "curriculum": [{"steps": 10, "depths": [0]}]}},
+     "pretrain.curriculum[0].depths", "depths of 1 or more"),
+    ({"pretrain": {"curriculum": [{"steps": 10}]}}, "pretrain.curriculum[0]", "missing key 'depths'"),
+    ({"model": {"max_compression_depth": 2}}, "pretrain.curriculum", "uses depth 3, beyond model.max_compression_depth=2"),
+    ({"train": {"freeze_encoder": True}}, "train.freeze_encoder", "compressed_ad only"),
 ])
 def test_impossible_sizes(tmp_path, data, key, words):
     msg, path = error_of(tmp_path, data)
