@@ -43,10 +43,15 @@ def cmd_local(args) -> int:
     status = run_local(tasks, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
     for task in tasks:
-        metrics = read_metrics(task.run_dir) if task.stage == "evaluate" else None
+        metrics = read_metrics(task.run_dir) if task.stage in ("evaluate", "probe") else None
         if metrics and "final_normalised_return" in metrics:
             print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}"
                   + (f" ({metrics['compressions']} compressions)" if metrics.get("compressions") else ""))
+        if metrics and "per_depth" in metrics:
+            deepest = metrics["per_depth"][max(metrics["per_depth"], key=int)]
+            print(f"  {task.name}: goal probe accuracy at the deepest window: "
+                  + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in deepest.items())
+                  + f" (mean-goal guess {metrics['chance']['accuracy']:.3f})")
     for name in failed:
         print(f"  {status[name]}: {name}")
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")

@@ -32,7 +32,8 @@ PLOT = "probe_accuracy.png"
 
 
 def decided_by(cfg: Config) -> dict:
-    return {**train.decided_by(cfg), **pick(cfg, "probe")}
+    windows = {"chunk_len": cfg.model.chunk_len, "depths": cfg.model.max_compression_depth}  # AD's too
+    return {**train.decided_by(cfg), **pick(cfg, "probe"), "probe_windows": windows}
 
 
 def preflight(cfg: Config) -> None:
