@@ -25,18 +25,43 @@ class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and where it came from."""
 
 
-ENV_NAMES = ("darkroom", "darkroom_hard", "dark_key_to_door")
+ENV_NAMES = ("darkroom", "darkroom_hard", "dark_key_to_door", "atari")
+DARKROOM_KEYS = ("size", "horizon", "test_fraction", "split_seed")
+ATARI_KEYS = ("game", "frame_size", "grayscale", "frame_skip", "sticky_actions", "frame_stack")
 
 
 @dataclass
 class EnvConfig:
-    name: Literal["darkroom", "darkroom_hard", "dark_key_to_door"] = "darkroom"
+    name: Literal["darkroom", "darkroom_hard", "dark_key_to_door", "atari"] = "darkroom"
+    # Darkroom family
     size: int = 9  # grid side
     horizon: int = 20  # steps per episode
     test_fraction: float = 0.1  # share of tasks held out for in-context evaluation
     split_seed: int = 0  # the train/test split depends on this only, not on the run seed
+    # Atari (name: atari): any ALE game, preprocessed
+    game: str = "ALE/Assault-v5"
+    frame_size: int = 64  # frames resized to frame_size x frame_size
+    grayscale: bool = True
+    frame_skip: int = 4  # action repetition k: each action is applied for k emulator frames
+    sticky_actions: float = 0.25  # ALE v5's repeat_action_probability
+    frame_stack: int = 4  # a state is the last frame_stack frames (the agent's and the world model's)
+
+    @property
+    def family(self) -> str:
+        return "atari" if self.name == "atari" else "darkroom"
 
     def check(self, err):
+        if self.family == "atari":
+            if not self.game.startswith("ALE/"):
+                err("game", f"'{self.game}' is not an ALE game id (like ALE/Assault-v5)")
+            if not 36 <= self.frame_size <= 256:  # 36: the least the agent's CnnPolicy (NatureCNN) takes
+                err("frame_size", "must be within [36, 256]")
+            for key in ("frame_skip", "frame_stack"):
+                if getattr(self, key) < 1:
+                    err(key, "must be positive")
+            if not 0.0 <= self.sticky_actions < 1.0:
+                err("sticky_actions", "must be within [0, 1)")
+            return
         if self.size < 2:
             err("size", "must be at least 2")
         if self.horizon < 1:
@@ -238,7 +263,76 @@ class ProbeConfig:
             err("val_fraction", "must be between 0 and 1 (exclusive)")
 
 
-STAGE_NAMES = ("collect", "pretrain_encoder", "train", "evaluate", "probe")
+@dataclass
+class AtariConfig:
+    """World-model data (`collect` on an Atari env): a stable-baselines3 PPO agent (CnnPolicy)
+    learns the game, then plays `episodes` episodes, each action random with `random_action_share`."""
+    ppo_timesteps: int = 200000  # the agent's training budget (agent steps)
+    ppo_n_envs: int = 8  # vectorised envs for PPO training
+    ppo_n_steps: int = 128  # rollout length per env
+    ppo_batch_size: int = 256
+    ppo_n_epochs: int = 4
+    ppo_lr: float = 0.00025
+    ppo_ent_coef: float = 0.01
+    ppo_clip_range: float = 0.1
+    ppo_gamma: float = 0.99
+    episodes: int = 100  # episodes collected into the dataset
+    max_episode_steps: int = 2000  # an episode is truncated (done) after this many agent steps
+    random_action_share: float = 0.1  # share of collected actions drawn uniformly at random
+    n_envs: int = 8  # envs stepped together during collection
+    val_fraction: float = 0.1  # share of episodes held out for validation
+
+    def check(self, err):
+        for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if self.ppo_n_steps < 2:
+            err("ppo_n_steps", "must be at least 2")
+        if not 2 <= self.ppo_batch_size <= self.ppo_n_steps * self.ppo_n_envs:
+            err("ppo_batch_size", f"must be within [2, ppo_n_steps x ppo_n_envs = {self.ppo_n_steps * self.ppo_n_envs}]",
+                related="ppo_n_steps")
+        for key in ("ppo_lr", "ppo_clip_range"):
+            if getattr(self, key) <= 0:
+                err(key, "must be positive")
+        for key in ("ppo_ent_coef", "ppo_gamma", "random_action_share"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                err(key, "must be within [0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            err("val_fraction", "must be within [0, 1)")
+        if self.val_fraction > 0 and self.episodes < 2:
+            err("episodes", "must be at least 2 to hold out validation episodes", related="val_fraction")
+
+
+@dataclass
+class WorldModelConfig:
+    """Seed 004's nets (Encoder, Predictor, Decoder, RewardPredictor) and the JEPA target."""
+    latent_dim: int = 256
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # stride-2 conv stages
+    predictor_hidden: int = 512
+    action_embed: int = 32
+    reward_hidden: int = 128
+    ema_momentum: float = 0.996  # JEPA target encoder: target = m * target + (1 - m) * encoder
+    ema_momentum_end: float = 0.996  # m goes linearly from ema_momentum to this over training
+    collapse_std: float = 0.01  # warn when the JEPA latents' std across the batch falls below this
+    # trained runs the probes read; the study runner fills them in
+    encoder_decoder_run: str = ""
+    jepa_run: str = ""
+
+    def check(self, err):
+        for key in ("latent_dim", "predictor_hidden", "action_embed", "reward_hidden"):
+            if getattr(self, key) < 1:
+                err(key, "must be positive")
+        if not self.channels or any(c < 1 for c in self.channels):
+            err("channels", "must list at least one positive channel count")
+        for key in ("ema_momentum", "ema_momentum_end"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                err(key, "must be within [0, 1]")
+        if self.collapse_std < 0:
+            err("collapse_std", "must be >= 0")
+
+
+STAGE_NAMES = ("collect", "pretrain_encoder", "train", "evaluate", "probe", "train_encoder_decoder", "train_jepa",
+               "train_jepa_decoder", "train_reward_predictor", "train_dynamics_reward_predictor")
 
 
 @dataclass
@@ -274,9 +368,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    atari: AtariConfig = field(default_factory=AtariConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
 
     def check(self, err):
+        if self.env.family == "atari":
+            levels = len(self.world_model.channels)
+            if self.env.frame_size % 2 ** levels:
+                err("env.frame_size", f"must be divisible by 2^{levels} (world_model.channels has {levels} "
+                    "stride-2 stages)", related="world_model.channels")
         if self.model.kind == "ad":
             for key in ("pretrained_encoder_path", "freeze_encoder"):
                 if getattr(self.train, key):

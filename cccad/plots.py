@@ -24,7 +24,44 @@ def line_plot(path: Path, curves: dict[str, list[float]], title: str, xlabel: st
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def bar_plot(path: Path, bars: dict[str, float], title: str, ylabel: str, hline: float | None = None,
+             hline_label: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.bar(list(bars), list(bars.values()), color="tab:blue")
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=hline_label)
+        ax.legend()
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def frame_grid(path: Path, rows: dict[str, "np.ndarray"], title: str) -> None:
+    """One row of frames per entry (label: (n, C, H, W) floats in [0, 1] or uint8)."""
+    import numpy as np
+    n = min(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows) + 0.4), dpi=100, squeeze=False)
+    for r, (label, frames) in enumerate(rows.items()):
+        for i in range(n):
+            img = np.asarray(frames[i])
+            img = img / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+            ax = axes[r][i]
+            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,4 +1,6 @@
-"""A study: the stage graph of each env, expanded over seeds and variants into tasks.
+"""A study: the stage graph of each env's family (Darkroom: collect -> pretrain_encoder -> train ->
+evaluate, probe; Atari: collect -> train_encoder_decoder, train_jepa -> probes), expanded over
+seeds and variants into tasks.
 
 Run folders are `runs/<study>/{stage}-{env}-seed{seed}` (per-variant stages:
 `{stage}-{variant}-{env}-seed{seed}`). Every task's config is resolved, and so validated, when the
@@ -82,9 +84,12 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
     index: dict[tuple, Task] = {}
     for env in st.envs:
         layer = env_layer(study_file, env)
+        family = load_config(study_file, overrides, extra=[layer]).env.family
         for seed in st.seeds:
             for stage in stages:
                 mod = STAGES[stage]
+                if family not in mod.FAMILIES:  # each env runs its family's part of the graph
+                    continue
                 for variant in (st.variants if mod.PER_VARIANT else [None]):
                     extra = [layer, ({"seed": seed}, f"{study_file} (study.seeds)")]
                     if variant is not None:
@@ -113,6 +118,10 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                     task = Task(stage, env, seed, variant, out / folder(stage, env, seed, variant), cfg, needs)
                     index[(stage, env, seed, variant)] = task
                     tasks.append(task)
+    for stage in stages:
+        if not any(t.stage == stage for t in tasks):
+            raise ConfigError(f"{study_file}: study.stages: '{stage}' runs for {' and '.join(STAGES[stage].FAMILIES)} "
+                              f"envs, and study.envs has none")
     return base, tasks
 
 

@@ -49,16 +49,22 @@ class Objective:
     `batch(rng, size, part, step)` draws the indices of step's batch of `size` samples from `rng`
     and loads the samples `part` (a slice) of it; `val_batch(i)` is a fixed validation batch (or
     None). `decided_by`: the config subset that decides the weights (resume refuses others).
-    Scalars go to TensorBoard as `<tag>/loss`, `<tag>/<stat>`, `lr`. `final(model, step)` gives
-    the final file's contents (default: weights, step and config in model.pt)."""
+    Scalars go to TensorBoard as `<tag>/loss`, `<tag>/<stat>`, `lr`.
+    `final(model, step)` gives the final files, {path in the run folder: contents} (default:
+    weights, step and config in model.pt). `frozen`: nets the loss reads but never trains (moved
+    to the device, kept in eval mode without gradients, not checkpointed). `after_step(model,
+    step)` runs after each optimizer step (e.g. an EMA target update; state it changes must live
+    in `model` to be checkpointed). `on_log(row, log)` sees each logged row (e.g. to warn)."""
     model: torch.nn.Module
     loss: Callable
     batch: Callable[[np.random.Generator, int, slice, int], dict]
     decided_by: dict
     val_batch: Callable[[int], dict] | None = None
     tag: str = "train"
-    final_file: str = FINAL_MODEL
-    final: Callable[[torch.nn.Module, int], dict] | None = None
+    final: Callable[[torch.nn.Module, int], dict[str, dict]] | None = None
+    frozen: torch.nn.Module | None = None
+    after_step: Callable[[torch.nn.Module, int], None] | None = None
+    on_log: Callable[[dict, Callable], None] | None = None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -164,6 +170,8 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     # schedule with the process count; ours follows the optimizer step count only
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    if objective.frozen is not None:
+        objective.frozen.to(accelerator.device).eval().requires_grad_(False)
     writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
     world, rank = accelerator.num_processes, accelerator.process_index
     if tc.batch_size % world:
@@ -206,6 +214,8 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
         optimizer.step()
         scheduler.step()
+        if objective.after_step:
+            objective.after_step(raw_model, step)
         samples += tc.batch_size
         done = step + 1
         if done % tc.log_every == 0 or done in (1, tc.steps):
@@ -218,6 +228,8 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             if done % tc.val_every == 0 or done == tc.steps:
                 row.update(validate())
             history.append(row)
+            if objective.on_log:
+                objective.on_log(row, log)
             if writer:
                 tag = objective.tag
                 writer.add_scalar(f"{tag}/loss", row["loss"], done)
@@ -237,9 +249,10 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     if writer:
         writer.close()
     if accelerator.is_main_process:
-        final_state = objective.final or (lambda m, step: {"model_state_dict": m.state_dict(),
-                                                           "global_step": step, "config": cfg.to_dict()})
-        atomic_torch_save(run_dir / objective.final_file, final_state(raw_model, tc.steps))
+        final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),
+                                                                   "global_step": step, "config": cfg.to_dict()}})
+        for name, state in final(raw_model, tc.steps).items():
+            atomic_torch_save(run_dir / name, state)
     elapsed = time.perf_counter() - t0
     final = history[-1] if history else {}
     return {"steps": tc.steps, "final_loss": final.get("loss"), "final_val_loss": final.get("val_loss"),

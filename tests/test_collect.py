@@ -1,7 +1,7 @@
 import numpy as np
 
 from cccad.config import load_config
-from cccad.stages.collect import open_histories
+from cccad.stages.collect import open_collected
 from conftest import cccad
 
 
@@ -20,7 +20,7 @@ def test_qlearning_histories_improve_and_are_consistent(tmp_path, tiny_config):
     out = tmp_path / "collect"
     cccad("run", "collect", "-c", tiny_config, "--out", out, "collect.episodes=200", "collect.streams_per_task=4")
     cfg = load_config(tiny_config, ["collect.episodes=200", "collect.streams_per_task=4"])
-    ds = open_histories(out / "dataset", cfg)
+    ds = open_collected(out / "dataset", cfg)
     assert ds["actions"].shape == (73 * 4, 200 * 20)
     check_transitions_consistent(ds, 20)
     from cccad.envs.darkroom import DarkroomTasks
@@ -51,7 +51,7 @@ def test_sb3_ppo_source_records_its_learning_history(tmp_path, tiny_config):
           "collect.episodes=10", "env.test_fraction=0.95")
     cfg = load_config(tiny_config, ["collect.source=sb3_ppo", "collect.streams_per_task=1", "collect.episodes=10",
                                     "env.test_fraction=0.95"])
-    ds = open_histories(out / "dataset", cfg)
+    ds = open_collected(out / "dataset", cfg)
     assert ds["actions"].shape == (4, 200)
     check_transitions_consistent(ds, 20)
     assert len(set(np.asarray(ds["actions"]).ravel().tolist())) == 5  # a real stochastic policy acted

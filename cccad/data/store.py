@@ -47,7 +47,8 @@ def _alive(pid: int) -> bool:
 
 
 class DatasetWriter:
-    """Create arrays with `create` (memory-mapped, fill them in place), then `commit`."""
+    """Create arrays with `create` (memory-mapped, fill them in place) or grow them with `append`
+    (when their length is known only at the end), then `commit`."""
 
     def __init__(self, path: str | Path, kind: str, config: dict, config_hash: str):
         self.path = Path(path)
@@ -61,6 +62,7 @@ class DatasetWriter:
         self.tmp.mkdir(parents=True)
         self.kind, self.config, self.config_hash = kind, config, config_hash
         self.arrays: dict[str, np.memmap] = {}
+        self.growing: dict[str, dict] = {}
 
     def create(self, name: str, shape: tuple, dtype) -> np.memmap:
         arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
@@ -70,15 +72,44 @@ class DatasetWriter:
     def add(self, name: str, values: np.ndarray):
         self.create(name, values.shape, values.dtype)[...] = values
 
+    def append(self, name: str, values: np.ndarray):
+        """Add rows to array `name` (created by its first append; later rows must match in dtype
+        and row shape). Rows go to a raw file; `commit` turns it into an .npy."""
+        values = np.ascontiguousarray(values)
+        grow = self.growing.get(name)
+        if grow is None:
+            grow = self.growing[name] = {"file": open(self.tmp / f"{name}.raw", "wb"), "dtype": values.dtype,
+                                         "row": values.shape[1:], "rows": 0}
+        if values.dtype != grow["dtype"] or values.shape[1:] != grow["row"]:
+            raise ValueError(f"{name}: appending {values.dtype} rows of {values.shape[1:]} to "
+                             f"{grow['dtype']} rows of {grow['row']}")
+        grow["file"].write(values.tobytes())
+        grow["rows"] += len(values)
+
+    def _finish_growing(self, name: str):
+        grow = self.growing.pop(name)
+        grow["file"].close()
+        raw = self.tmp / f"{name}.raw"
+        with open(self.tmp / f"{name}.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(grow["dtype"]),
+                                                     "fortran_order": False, "shape": (grow["rows"], *grow["row"])})
+            with open(raw, "rb") as r:
+                shutil.copyfileobj(r, f, 1 << 22)
+        raw.unlink()
+
     def commit(self, counts: dict, meta: dict | None = None) -> Path:
-        entries = {}
-        for name, arr in self.arrays.items():
+        for name in list(self.growing):
+            self._finish_growing(name)
+        for arr in self.arrays.values():
             arr.flush()
-            file = self.tmp / f"{name}.npy"
+        entries = {}
+        for file in sorted(self.tmp.glob("*.npy")):
             with open(file, "rb+") as f:
                 os.fsync(f.fileno())
-            entries[name] = {"file": file.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                             "bytes": file.stat().st_size, "sha256": _sha256(file)}
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            entries[file.stem] = {"file": file.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                                  "bytes": file.stat().st_size, "sha256": _sha256(file)}
+            del arr
         del self.arrays
         manifest = {"format_version": FORMAT_VERSION, "kind": self.kind, "config_hash": self.config_hash,
                     "config": self.config, "counts": counts, "arrays": entries, "meta": meta or {},
@@ -94,6 +125,8 @@ class DatasetWriter:
         return self.path
 
     def abort(self):
+        for grow in self.growing.values():
+            grow["file"].close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from cccad.trainer import FINAL_MODEL, CheckpointError, load_checkpoint, load_we
 NEEDS = ("train",)
 INPUT_KEYS = {"train": ("evaluate.checkpoint", ".")}
 PER_VARIANT = True
+FAMILIES = ("darkroom",)
 
 
 def decided_by(cfg: Config) -> dict:

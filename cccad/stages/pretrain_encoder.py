@@ -20,12 +20,13 @@ from cccad.config import Config, ConfigError, pick
 from cccad.data.histories import sample_windows, split_streams
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.compressed_ad import EncoderPretrainer, transition_columns
-from cccad.stages.collect import open_histories, require_dataset
+from cccad.stages.collect import open_collected, require_dataset
 from cccad.trainer import Objective, fit
 
 NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
 PER_VARIANT = False
+FAMILIES = ("darkroom",)
 PRETRAINED_FILE = "encoder-pretrained-final.pt"
 SEED_KEYS = ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict", "global_step", "config")
 # train keys that only the action-prediction stage uses, and decoder-only model keys
@@ -75,7 +76,7 @@ def reconstruction_loss(model, batch):
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    ds = open_histories(cfg.train.dataset, cfg)
+    ds = open_collected(cfg.train.dataset, cfg)
     pc, c = cfg.pretrain, cfg.model.chunk_len
     n_streams, steps = ds["actions"].shape
     deepest = max(d for p in pc.curriculum for d in p.depths)
@@ -111,11 +112,12 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         num_warmup_steps=pc.pretrain_warmup_steps))
 
     def final(m, step):  # the seed's checkpoint, exactly
-        return {"encoder_state_dict": m.encoder.state_dict(), "embed_context_state_dict": m.embed_context.state_dict(),
-                "embed_ln_state_dict": m.embed_ln.state_dict(), "global_step": step, "config": cfg.to_dict()}
+        return {PRETRAINED_FILE: {
+            "encoder_state_dict": m.encoder.state_dict(), "embed_context_state_dict": m.embed_context.state_dict(),
+            "embed_ln_state_dict": m.embed_ln.state_dict(), "global_step": step, "config": cfg.to_dict()}}
 
     result = fit(run_dir, fit_cfg, Objective(model, reconstruction_loss, batch, decided_by(cfg), val_batch,
-                                             tag="pretrain", final_file=PRETRAINED_FILE, final=final), log=log)
+                                             tag="pretrain", final=final), log=log)
     history = result["history"]
     val_rows = [r for r in history if "val_correlation" in r]
     result.update({

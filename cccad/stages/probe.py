@@ -21,13 +21,14 @@ from cccad.envs.darkroom import DarkroomTasks
 from cccad.models.compressed_ad import CompressedAD
 from cccad.plots import line_plot
 from cccad.stages import train
-from cccad.stages.collect import open_histories, require_dataset
+from cccad.stages.collect import open_collected, require_dataset
 from cccad.stages.evaluate import load_model
 from cccad.trainer import FINAL_MODEL, Objective, fit
 
 NEEDS = ("collect", "train")
 INPUT_KEYS = {"collect": ("probe.dataset", "dataset"), "train": ("probe.checkpoint", ".")}
 PER_VARIANT = True
+FAMILIES = ("darkroom",)
 PLOT = "probe_accuracy.png"
 
 
@@ -73,7 +74,7 @@ def views(model, features: torch.Tensor) -> dict[str, torch.Tensor]:
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = load_model(cfg, cfg.probe.checkpoint, device).requires_grad_(False)
-    ds = open_histories(cfg.probe.dataset, cfg)
+    ds = open_collected(cfg.probe.dataset, cfg)
     m, size = cfg.model, cfg.env.size
     depths = list(range(1, m.max_compression_depth + 1))
     c = m.chunk_len

@@ -13,7 +13,7 @@ from cccad.data.histories import sample_windows, split_streams
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.ad import ADTransformer
 from cccad.models.compressed_ad import CompressedAD
-from cccad.stages.collect import open_histories, require_dataset
+from cccad.stages.collect import open_collected, require_dataset
 from cccad.stages.pretrain_encoder import PRETRAINED_FILE, SEED_KEYS
 from cccad.trainer import FINAL_MODEL, CheckpointError, Objective, fit, load_checkpoint, load_weights
 
@@ -22,6 +22,7 @@ NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset"),
               "pretrain_encoder": ("train.pretrained_encoder_path", PRETRAINED_FILE)}
 PER_VARIANT = True
+FAMILIES = ("darkroom",)
 COMPRESSION_KEYS = ("recent_len", "n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer")
 # config the pre-trained encoder must share with this model beyond what tensor shapes show
 ENCODER_CONFIG = ("env.name", "env.size", "model.n_head", "model.chunk_len")
@@ -92,7 +93,7 @@ def window_length(cfg: Config, rng: np.random.Generator) -> int:
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    ds = open_histories(cfg.train.dataset, cfg)
+    ds = open_collected(cfg.train.dataset, cfg)
     n_streams, steps = ds["actions"].shape
     m = cfg.model
     longest = m.context_len if m.kind == "ad" else m.max_compression_depth * m.chunk_len + m.recent_len

@@ -1,0 +1,209 @@
+"""Transitions for the world-model study (seed 004's DataCollectionPipeline): a stable-baselines3
+PPO agent (CnnPolicy, vectorised envs) learns the game, then plays `atari.episodes` episodes with
+a share of random actions while every (state, action, reward, next_state, done) is recorded.
+
+Layout (one dataset): each frame is stored once, uint8, and a state is rebuilt from frame indices
+(`stack_indices`), so stacking costs no storage:
+  frames (F, C, S, S) uint8            every episode's frames in order: its reset frame, then one per step
+  frame_index (N,) int64               the newest frame of state t; next_state's newest is frame_index + 1
+  episode (N,) int32, actions (N,) uint8, rewards (N,) float32, dones (N,) bool (terminated or
+  truncated), terminated (N,) bool, random_action (N,) bool
+  episode_first_frame, episode_length, episode_return, episode_seed (E,), episode_is_val (E,) bool
+Validation holds out whole episodes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cccad.config import ATARI_KEYS, Config, config_hash
+from cccad.data.store import DatasetWriter
+from cccad.envs.atari import FrameStack, frame_shape, make_env, stack_indices
+from cccad.fs import atomic_torch_save
+
+AGENT_FILE = "ppo_policy.pt"
+
+
+def agent_config(cfg: Config) -> dict:
+    """What decides the agent: a saved agent is reused only when this matches."""
+    a = cfg.to_dict()["atari"]
+    return {"seed": cfg.seed, "env": {k: getattr(cfg.env, k) for k in ATARI_KEYS},
+            "atari": {k: v for k, v in a.items() if k.startswith("ppo_")} | {"max_episode_steps": a["max_episode_steps"]}}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _ppo(cfg: Config):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv  # on 2 cores faster than SubprocVecEnv
+
+    a, k = cfg.atari, cfg.env.frame_stack
+    vec = DummyVecEnv([lambda: Monitor(FrameStack(make_env(cfg.env, a.max_episode_steps), k))
+                       for _ in range(a.ppo_n_envs)])
+    vec.seed(cfg.seed)
+    return PPO("CnnPolicy", vec, n_steps=a.ppo_n_steps, batch_size=a.ppo_batch_size, n_epochs=a.ppo_n_epochs,
+               learning_rate=a.ppo_lr, ent_coef=a.ppo_ent_coef, clip_range=a.ppo_clip_range, gamma=a.ppo_gamma,
+               seed=cfg.seed, device=device(), verbose=0)
+
+
+def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Module, dict]:
+    """The PPO agent's policy: trained and saved (weights only, loadable without pickle), or
+    reused from `agent_dir` when it was trained by the same config."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from cccad.trainer import CheckpointError, load_checkpoint
+
+    path = Path(agent_dir) / AGENT_FILE
+    expect = agent_config(cfg)
+    agent = _ppo(cfg)
+    if path.exists():
+        state = load_checkpoint(path, ("policy_state_dict", "config_hash", "config", "returns"))
+        if state["config_hash"] != config_hash(expect):
+            raise CheckpointError(f"{path}: agent trained by another config (delete it to retrain)")
+        agent.policy.load_state_dict(state["policy_state_dict"])
+        log(f"reused PPO agent {path}")
+        return agent.policy, {"reused": True, "returns": state["returns"], "seconds": 0.0}
+
+    returns: list[list[float]] = []
+
+    class EpisodeReturns(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    returns.append([float(self.num_timesteps), float(info["episode"]["r"])])
+            return True
+
+    t0 = time.perf_counter()
+    agent.learn(total_timesteps=cfg.atari.ppo_timesteps, callback=EpisodeReturns())
+    seconds = time.perf_counter() - t0
+    atomic_torch_save(path, {"policy_state_dict": agent.policy.state_dict(), "config": expect,
+                             "config_hash": config_hash(expect), "returns": returns})
+    log(f"trained PPO agent for {cfg.atari.ppo_timesteps:,} steps in {seconds:.0f}s "
+        f"({len(returns)} episodes, last 10 mean return {np.mean([r for _, r in returns[-10:]] or [0]):.1f})")
+    return agent.policy, {"reused": False, "returns": returns, "seconds": seconds}
+
+
+def episode_seed(cfg: Config, episode: int) -> int:
+    return (cfg.seed * 1_000_003 + episode) % 2**31
+
+
+def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
+    """Play `atari.episodes` episodes (n_envs at a time) into `writer`; returns counts and timing."""
+    a, k = cfg.atari, cfg.env.frame_stack
+    rng = np.random.default_rng([cfg.seed, 7])
+    torch.manual_seed(cfg.seed)
+    policy.eval()
+    envs = [FrameStack(make_env(cfg.env, a.max_episode_steps), k) for _ in range(min(a.n_envs, a.episodes))]
+    n_actions = int(envs[0].action_space.n)
+    started, written, frames_written = 0, 0, 0
+    states, episodes = [None] * len(envs), [None] * len(envs)
+
+    def start(i: int) -> bool:
+        nonlocal started
+        if started == a.episodes:
+            return False
+        seed = episode_seed(cfg, started)
+        states[i], _ = envs[i].reset(seed=seed)
+        episodes[i] = {"seed": seed, "frames": [envs[i].frames[-1]], "actions": [], "rewards": [], "terminated": [],
+                       "random": []}
+        started += 1
+        return True
+
+    def finish(ep: dict):
+        nonlocal written, frames_written
+        n = len(ep["actions"])
+        writer.append("frames", np.stack(ep["frames"]))
+        writer.append("frame_index", frames_written + np.arange(n, dtype=np.int64))
+        writer.append("episode", np.full(n, written, dtype=np.int32))
+        writer.append("actions", np.asarray(ep["actions"], dtype=np.uint8))
+        writer.append("rewards", np.asarray(ep["rewards"], dtype=np.float32))
+        dones = np.zeros(n, dtype=bool)
+        dones[-1] = True
+        writer.append("dones", dones)
+        writer.append("terminated", np.asarray(ep["terminated"], dtype=bool))
+        writer.append("random_action", np.asarray(ep["random"], dtype=bool))
+        writer.append("episode_first_frame", np.array([frames_written], dtype=np.int64))
+        writer.append("episode_length", np.array([n], dtype=np.int32))
+        writer.append("episode_return", np.array([sum(ep["rewards"])], dtype=np.float32))
+        writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
+        written += 1
+        frames_written += n + 1
+
+    t0 = time.perf_counter()
+    active = [i for i in range(len(envs)) if start(i)]
+    dev = device()
+    while active:
+        with torch.no_grad():
+            obs = torch.from_numpy(np.stack([states[i] for i in active])).to(dev)
+            actions = policy.get_distribution(obs).get_actions().cpu().numpy()
+        random = rng.random(len(active)) < a.random_action_share
+        actions = np.where(random, rng.integers(0, n_actions, len(active)), actions)
+        still = []
+        for i, action, was_random in zip(active, actions, random):
+            states[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+            ep = episodes[i]
+            ep["frames"].append(envs[i].frames[-1])
+            ep["actions"].append(action)
+            ep["rewards"].append(reward)
+            ep["terminated"].append(terminated)
+            ep["random"].append(was_random)
+            if terminated or truncated:
+                finish(ep)
+                if start(i):
+                    still.append(i)
+            else:
+                still.append(i)
+        active = still
+    seconds = time.perf_counter() - t0
+    for env in envs:
+        env.close()
+
+    order = np.random.default_rng([cfg.seed, 1]).permutation(written)
+    is_val = np.zeros(written, dtype=bool)
+    is_val[order[:int(round(a.val_fraction * written))]] = True
+    writer.add("episode_is_val", is_val)
+    transitions = frames_written - written
+    return {"transitions": transitions, "episodes": written, "frames": frames_written, "seconds": seconds,
+            "transitions_per_s": transitions / max(seconds, 1e-9), "frame_shape": list(frame_shape(cfg.env)),
+            "n_actions": n_actions, "val_episodes": int(is_val.sum())}
+
+
+class Transitions:
+    """Reads (state, action, reward, next_state, done) batches from a transitions dataset;
+    states are stacks of `frame_stack` frames gathered from the memory-mapped frames."""
+
+    def __init__(self, ds, frame_stack: int):
+        self.frames, self.k = ds["frames"], frame_stack
+        self.newest = np.asarray(ds["frame_index"])
+        episode = np.asarray(ds["episode"])
+        self.first = np.asarray(ds["episode_first_frame"])[episode]
+        self.actions, self.rewards = np.asarray(ds["actions"]), np.asarray(ds["rewards"])
+        self.dones = np.asarray(ds["dones"])
+        is_val = np.asarray(ds["episode_is_val"])[episode]
+        self.train_ids, self.val_ids = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        self.n_actions = int(ds.meta["n_actions"])
+        self.frame_shape = tuple(self.frames.shape[1:])
+
+    def stacked(self, newest: np.ndarray, first: np.ndarray) -> np.ndarray:
+        idx = stack_indices(newest, first, self.k)
+        c, h, w = self.frame_shape
+        return self.frames[idx.ravel()].reshape(len(newest), self.k * c, h, w)
+
+    def batch(self, ids: np.ndarray) -> dict:
+        ids = np.asarray(ids)
+        newest, first = self.newest[ids], self.first[ids]
+        return {"state": torch.from_numpy(self.stacked(newest, first)),
+                "next_state": torch.from_numpy(self.stacked(newest + 1, first)),
+                "action": torch.from_numpy(self.actions[ids].astype(np.int64)),
+                "reward": torch.from_numpy(self.rewards[ids]),
+                "done": torch.from_numpy(self.dones[ids])}
+
+    def sample(self, ids: np.ndarray, rng: np.random.Generator, size: int, part: slice) -> dict:
+        """A random batch of `size` from `ids`; loads only `part` (every process draws the same)."""
+        return self.batch(ids[rng.integers(0, len(ids), size)][part])

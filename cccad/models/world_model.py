@@ -1,0 +1,79 @@
+"""Seed 004's world-model nets: Encoder (frames -> z), Predictor ((z_t, a_t) -> z_{t+1}),
+Decoder (z -> frame), RewardPredictor ((z_t, z_{t+1}) -> reward). CNNs whose sizes come from
+`WorldModelConfig`: the encoder halves the frame at each of `channels`' stages, the decoder
+mirrors it. Frames enter as uint8 and are scaled to [0, 1] here; the decoder emits [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cccad.config import WorldModelConfig
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: WorldModelConfig, in_channels: int, frame_size: int):
+        super().__init__()
+        layers, prev = [], in_channels
+        for c in cfg.channels:
+            layers += [nn.Conv2d(prev, c, 4, stride=2, padding=1), nn.GELU()]
+            prev = c
+        self.convs = nn.Sequential(*layers)
+        side = frame_size // 2 ** len(cfg.channels)
+        self.proj = nn.Linear(prev * side * side, cfg.latent_dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+        return self.proj(self.convs(x).flatten(1))
+
+
+class Predictor(nn.Module):
+    """z_{t+1} = z_t + MLP([z_t, embed(a_t)]): the residual form predicts the change."""
+
+    def __init__(self, cfg: WorldModelConfig, n_actions: int):
+        super().__init__()
+        self.action = nn.Embedding(n_actions, cfg.action_embed)
+        self.mlp = nn.Sequential(nn.Linear(cfg.latent_dim + cfg.action_embed, cfg.predictor_hidden), nn.GELU(),
+                                 nn.Linear(cfg.predictor_hidden, cfg.predictor_hidden), nn.GELU(),
+                                 nn.Linear(cfg.predictor_hidden, cfg.latent_dim))
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return z + self.mlp(torch.cat([z, self.action(action)], dim=-1))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: WorldModelConfig, out_channels: int, frame_size: int):
+        super().__init__()
+        chans = list(reversed(cfg.channels))
+        self.side = frame_size // 2 ** len(chans)
+        self.proj = nn.Linear(cfg.latent_dim, chans[0] * self.side * self.side)
+        layers = []
+        for c, nxt in zip(chans, chans[1:] + [out_channels]):
+            layers += [nn.ConvTranspose2d(c, nxt, 4, stride=2, padding=1), nn.GELU()]
+        self.deconvs = nn.Sequential(*layers[:-1])  # no activation after the last: sigmoid below
+        self.first = chans[0]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.proj(z)).view(len(z), self.first, self.side, self.side)
+        return torch.sigmoid(self.deconvs(x))
+
+
+class RewardPredictor(nn.Module):
+    def __init__(self, cfg: WorldModelConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * cfg.latent_dim, cfg.reward_hidden), nn.GELU(),
+                                 nn.Linear(cfg.reward_hidden, cfg.reward_hidden), nn.GELU(),
+                                 nn.Linear(cfg.reward_hidden, 1))
+
+    def forward(self, z: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([z, z_next], dim=-1)).squeeze(-1)
+
+
+def frames_to_unit(frames: torch.Tensor) -> torch.Tensor:
+    return frames.float() / 255.0
+
+
+def latent_std(z: torch.Tensor) -> torch.Tensor:
+    """Mean over latent dimensions of the std across the batch: near zero means collapse."""
+    return z.float().std(dim=0).mean()

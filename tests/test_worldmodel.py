@@ -1,0 +1,246 @@
+"""World models on Atari: collection, the two trainings, the probes, the study graph."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cccad.config import load_config
+from cccad.stages import train_jepa, train_jepa_decoder, train_reward_predictor, world
+from cccad.stages.collect import open_collected
+from cccad.trainer import fit
+from conftest import CONFIGS, cccad, kill_after_checkpoint, write_yaml
+
+# the smoke world-model study, smaller still: seconds per stage
+SMALL = {"extends": str(CONFIGS / "studies" / "worldmodel_smoke.yaml"),
+         "study": {"name": "wm"},
+         "atari": {"episodes": 5, "max_episode_steps": 120, "n_envs": 2, "val_fraction": 0.4},
+         "world_model": {"latent_dim": 32, "channels": [8, 16, 16, 32], "predictor_hidden": 64, "reward_hidden": 32},
+         "train": {"steps": 120, "batch_size": 16, "lr": 0.001, "num_warmup_steps": 10, "checkpoint_every": 40,
+                   "log_every": 10, "val_every": 40},
+         "probe": {"steps": 100, "batch_size": 16, "val_samples": 128}}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The whole world-model graph, run once by `cccad local`."""
+    root = tmp_path_factory.mktemp("wm")
+    file = write_yaml(root / "wm.yaml", SMALL)
+    proc = cccad("local", file, "--runs", root / "runs")
+    return file, root / "runs" / "wm", proc
+
+
+def run_config(study, name):
+    return load_config(study[1] / ".tasks" / f"{name}.yaml")
+
+
+def metrics(study, name):
+    return json.loads((study[1] / name / "metrics.json").read_text())
+
+
+def test_graph_runs_every_stage_with_the_seed_output_folders(study):
+    file, root, proc = study
+    assert proc.stdout.count("[done]") == 6
+    for path in ("train-encoder-decoder-assault-seed0/weights/encoder_decoder/model.pt",
+                 "train-jepa-assault-seed0/weights/jepa/model.pt",
+                 "train-jepa-decoder-assault-seed0/weights/jepa_decoder/model.pt",
+                 "train-reward-predictor-assault-seed0/weights/jepa/reward_predictor/model.pt",
+                 "train-reward-predictor-assault-seed0/weights/encoder_decoder/reward_predictor/model.pt",
+                 "train-dynamics-reward-predictor-assault-seed0/weights/jepa/dynamics_reward_predictor/model.pt",
+                 "train-dynamics-reward-predictor-assault-seed0/weights/encoder_decoder/dynamics_reward_predictor/model.pt",
+                 "train-jepa-decoder-assault-seed0/decoded_frames.png",
+                 "train-reward-predictor-assault-seed0/reward_mse.png"):
+        assert (root / path).is_file(), path
+    state = torch.load(root / "train-jepa-assault-seed0/weights/jepa/model.pt", weights_only=True)
+    assert {"encoder_state_dict", "predictor_state_dict", "target_encoder_state_dict"} <= set(state)
+    # probes report held-out metrics beside their floors
+    dec = metrics(study, "train-jepa-decoder-assault-seed0")
+    assert 0 < dec["decoder_l1"] < 1 and 0 < dec["mean_frame_l1"] < 1 and dec["val_samples"] == 128
+    for stage in ("train-reward-predictor", "train-dynamics-reward-predictor"):
+        m = metrics(study, f"{stage}-assault-seed0")
+        assert set(m["per_encoder"]) == {"jepa", "encoder_decoder"} and m["mean_reward_mse"] >= 0
+    again = cccad("local", file, "--runs", root.parent)
+    assert again.stdout.count("[cached]") == 6
+
+
+def test_collector_records_what_the_env_gave(study):
+    from cccad.envs.atari import make_env
+    cfg = run_config(study, "collect-assault-seed0")
+    ds = open_collected(study[1] / "collect-assault-seed0" / "dataset", cfg)
+    data = world.Transitions(ds, cfg.env.frame_stack)
+    ep, dones = np.asarray(ds["episode"]), np.asarray(ds["dones"])
+    assert len(np.asarray(ds["episode_length"])) == 5 and np.asarray(ds["episode_is_val"]).sum() == 2
+    # done exactly at each episode's last transition
+    last = np.r_[ep[1:] != ep[:-1], True]
+    np.testing.assert_array_equal(dones, last)
+    # next_state of step t is the state of step t+1 within an episode
+    b = data.batch(np.arange(len(ep)))
+    inside = np.flatnonzero(~last)
+    assert torch.equal(b["next_state"][inside], b["state"][inside + 1])
+    # an episode's first state repeats its reset frame frame_stack times
+    starts = np.r_[0, np.flatnonzero(last)[:-1] + 1]
+    first = b["state"][starts]
+    assert all(torch.equal(first[:, i], first[:, 0]) for i in range(cfg.env.frame_stack))
+    # replaying each episode's seed and actions gives the recorded frames and rewards
+    env = make_env(cfg.env, cfg.atari.max_episode_steps)
+    frames, seeds = ds["frames"], np.asarray(ds["episode_seed"])
+    for e in range(len(seeds)):
+        rows = np.flatnonzero(ep == e)
+        f0 = int(np.asarray(ds["episode_first_frame"])[e])
+        obs, _ = env.reset(seed=int(seeds[e]))
+        np.testing.assert_array_equal(obs, frames[f0])
+        for j, t in enumerate(rows):
+            obs, reward, terminated, truncated, _ = env.step(int(ds["actions"][t]))
+            np.testing.assert_array_equal(obs, frames[f0 + j + 1])
+            assert reward == ds["rewards"][t] and terminated == ds["terminated"][t]
+        assert terminated or truncated
+    assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
+    assert 0 < np.asarray(ds["random_action"]).mean() < 0.5
+
+
+def test_second_collect_loads_and_the_agent_is_reused(study, tmp_path):
+    file, root, _ = study
+    out = root / "collect-assault-seed0"
+    cfg_file = root / ".tasks" / "collect-assault-seed0.yaml"
+    proc = cccad("run", "collect", "-c", cfg_file, "--out", out)
+    assert "loaded existing dataset" in proc.stdout and "trained PPO agent" not in proc.stdout
+    # a new dataset (more episodes) from the same agent: the agent is reused, not retrained
+    (tmp_path / "agent").symlink_to(out / "agent")
+    proc = cccad("run", "collect", "-c", cfg_file, "--out", tmp_path, "atari.episodes=3")
+    assert "reused PPO agent" in proc.stdout and "collected" in proc.stdout
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["episodes"] == 3 and m["agent_reused"] is True
+
+
+def test_losses_fall(study):
+    for name in ("train-encoder-decoder", "train-jepa", "train-jepa-decoder"):
+        h = metrics(study, f"{name}-assault-seed0")["history"]
+        first, last = h[0]["loss"], np.mean([r["loss"] for r in h[-3:]])
+        assert last < 0.7 * first, (name, first, last)
+
+
+@pytest.mark.parametrize("dynamics", [False, True])
+def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynamics):
+    """Rewards are sparse (a batch's loss jumps with each rewarded transition), so the loss is
+    measured on a fixed set of 512 training transitions, before and after training."""
+    task = "train-dynamics-reward-predictor" if dynamics else "train-reward-predictor"
+    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=300", "probe.lr=0.003"])
+    data = world.open_transitions(cfg)
+    obj, _, mean, scale = train_reward_predictor.objective(cfg, data, dynamics=dynamics)
+    fixed = {**data.batch(data.train_ids[:512]), "frame_channels": 1}
+    floor = 2 * float(np.mean(((data.rewards[data.train_ids[:512]] - mean) / scale) ** 2))  # two heads
+    with torch.no_grad():
+        before = obj.loss(obj.model, fixed)[0].item()
+    fit(tmp_path, world.probe_fit_config(cfg), obj, log=lambda *_: None)
+    with torch.no_grad():
+        after = obj.loss(obj.model.cpu(), fixed)[0].item()
+    assert after < 0.95 * before and after < 1.05 * floor, (before, after, floor)
+
+
+def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path):
+    cfg = load_config(study[1] / ".tasks" / "train-jepa-assault-seed0.yaml",
+                      ["train.steps=6", "train.num_warmup_steps=2", "train.checkpoint_every=1", "world_model.ema_momentum=0.9",
+                       "world_model.ema_momentum_end=0.5"])
+    data = world.open_transitions(cfg)
+    model = train_jepa.build(cfg, data.n_actions)
+    assert not any(p.requires_grad for p in model.target_encoder.parameters())
+    batch, _ = world.sampler(cfg, data)
+    loss, _ = train_jepa.loss(model, batch(np.random.default_rng(0), 8, slice(None), 0))
+    loss.backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+    import dataclasses
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, keep_checkpoints=10))
+    train_jepa.run(cfg, tmp_path, log=lambda *_: None)
+    ckpts = sorted((tmp_path / "checkpoints").glob("step-*.pt"))
+    states = [torch.load(p, weights_only=True) for p in ckpts]
+    assert [s["global_step"] for s in states] == [1, 2, 3, 4, 5]
+    for before, after in zip(states, states[1:]):
+        m = train_jepa.momentum(cfg, before["global_step"])  # the update after optimizer step k+1
+        for name, target in after["model_state_dict"].items():
+            if name.startswith("target_encoder."):
+                online = after["model_state_dict"]["encoder." + name.removeprefix("target_encoder.")]
+                expected = before["model_state_dict"][name].mul(m).add(online, alpha=1 - m)
+                assert torch.equal(target, expected), name
+    assert train_jepa.momentum(cfg, 0) == 0.9 and train_jepa.momentum(cfg, 5) == 0.5
+    # the optimizer holds the encoder and predictor only
+    n_trained = sum(1 for n, p in train_jepa.build(cfg, data.n_actions).named_parameters() if p.requires_grad)
+    assert len(states[-1]["optimizer_state_dict"]["state"]) == n_trained
+
+
+@pytest.mark.parametrize("stage", ["jepa_decoder", "reward", "dynamics_reward"])
+def test_frozen_nets_stay_bit_identical_through_probe_training(study, tmp_path, stage):
+    task = {"jepa_decoder": "train-jepa-decoder", "reward": "train-reward-predictor",
+            "dynamics_reward": "train-dynamics-reward-predictor"}[stage]
+    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=15"])
+    data = world.open_transitions(cfg)
+    if stage == "jepa_decoder":
+        obj, _ = train_jepa_decoder.objective(cfg, data)
+    else:
+        obj = train_reward_predictor.objective(cfg, data, dynamics=stage == "dynamics_reward")[0]
+    frozen_before = {k: v.clone() for k, v in obj.frozen.state_dict().items()}
+    trained_before = {k: v.clone() for k, v in obj.model.state_dict().items()}
+    fit(tmp_path, world.probe_fit_config(cfg), obj, log=lambda *_: None)
+    for k, v in obj.frozen.state_dict().items():
+        assert torch.equal(v, frozen_before[k]), k
+    assert any(not torch.equal(v, trained_before[k]) for k, v in obj.model.state_dict().items())
+    # and they are the trained nets, as saved by their runs
+    saved = torch.load(study[1] / "train-jepa-assault-seed0/weights/jepa/model.pt", weights_only=True)
+    prefix = "" if stage == "jepa_decoder" else "jepa."
+    for k, v in saved["encoder_state_dict"].items():
+        assert torch.equal(obj.frozen.state_dict()[f"{prefix}encoder.{k}"], v)
+
+
+@pytest.mark.parametrize("stage,final", [("train_jepa", "weights/jepa/model.pt"),
+                                         ("train_dynamics_reward_predictor",
+                                          "weights/jepa/dynamics_reward_predictor/model.pt")])
+def test_killed_and_resumed_run_equals_uninterrupted(study, tmp_path, stage, final):
+    task = stage.replace("_", "-") + "-assault-seed0"
+    cfg_file = study[1] / ".tasks" / f"{task}.yaml"
+    steps = "train.steps=400" if stage == "train_jepa" else "probe.steps=400"
+    args = [steps, "train.checkpoint_every=20"]
+    cccad("run", stage, "-c", cfg_file, "--out", tmp_path / "straight", *args)
+    killed = tmp_path / "killed"
+    kill_after_checkpoint(["run", stage, "-c", cfg_file, "--out", killed, *args], killed, 40, final)
+    resumed = cccad("run", stage, "-c", cfg_file, "--out", killed, *args)
+    assert "resumed from" in resumed.stdout
+    a = torch.load(tmp_path / "straight" / final, weights_only=True)
+    b = torch.load(killed / final, weights_only=True)
+    keys = [k for k in a if k.endswith("_state_dict")]
+    assert keys
+    for key in keys:
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+
+
+def test_bad_atari_input_is_refused_in_one_line(study, tmp_path):
+    cfg_file = study[1] / ".tasks" / "collect-assault-seed0.yaml"
+    proc = cccad("run", "collect", "-c", cfg_file, "--out", tmp_path / "c", "env.game=ALE/NoSuchGame-v5", check=False)
+    assert proc.returncode == 2 and "env.game: unknown ALE game 'ALE/NoSuchGame-v5'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c" / "dataset").exists()
+    proc = cccad("run", "train_jepa", "-c", cfg_file, "--out", tmp_path / "j", "env.frame_size=60", check=False)
+    assert proc.returncode == 2 and "env.frame_size: must be divisible by 2^4" in proc.stderr
+    proc = cccad("run", "train_jepa_decoder", "-c", cfg_file, "--out", tmp_path / "d",
+                 f"train.dataset={study[1] / 'collect-assault-seed0' / 'dataset'}", check=False)
+    assert proc.returncode == 2 and "world_model.jepa_run: no weights/jepa/model.pt" in proc.stderr
+    # a study listing a world-model stage for Darkroom envs only
+    bad = write_yaml(tmp_path / "bad.yaml", {"extends": str(CONFIGS / "studies" / "smoke.yaml"),
+                                             "study": {"stages": ["collect", "train_jepa"]}})
+    proc = cccad("local", bad, "--runs", tmp_path / "runs", check=False)
+    assert proc.returncode == 2 and "'train_jepa' runs for atari envs, and study.envs has none" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@torch.no_grad()
+def test_models_shapes():
+    from cccad.models.world_model import Decoder, Encoder, Predictor, RewardPredictor
+    cfg = load_config(CONFIGS / "studies" / "worldmodel.yaml")
+    enc, pred = Encoder(cfg.world_model, 4, 64), Predictor(cfg.world_model, 7)
+    dec, rew = Decoder(cfg.world_model, 1, 64), RewardPredictor(cfg.world_model)
+    z = enc(torch.zeros(3, 4, 64, 64, dtype=torch.uint8))
+    assert z.shape == (3, 256) and pred(z, torch.tensor([0, 3, 6])).shape == (3, 256)
+    out = dec(z)
+    assert out.shape == (3, 1, 64, 64) and 0 <= out.min() and out.max() <= 1
+    assert rew(z, z).shape == (3,) and not math.isnan(float(rew(z, z).sum()))
