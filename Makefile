@@ -16,6 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 smoke: install
 	$(VENV)/bin/cccad local configs/studies/smoke.yaml
+	$(VENV)/bin/cccad local configs/studies/worldmodel_smoke.yaml
 
 test: install
 	$(PY) -m pytest -q tests

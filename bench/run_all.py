@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["collect_throughput.py", "train_throughput.py", "incontext_latency.py"]
+BENCHES = ["collect_throughput.py", "train_throughput.py", "incontext_latency.py", "atari_collect_throughput.py",
+           "worldmodel_train_throughput.py"]
 
 
 def main():

@@ -43,7 +43,7 @@ def cmd_local(args) -> int:
     status = run_local(tasks, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
     for task in tasks:
-        metrics = read_metrics(task.run_dir) if task.stage in ("evaluate", "probe") else None
+        metrics = read_metrics(task.run_dir) if task.stage != "collect" else None
         if metrics and "final_normalised_return" in metrics:
             print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}"
                   + (f" ({metrics['compressions']} compressions)" if metrics.get("compressions") else ""))
@@ -52,6 +52,13 @@ def cmd_local(args) -> int:
             print(f"  {task.name}: goal probe accuracy at the deepest window: "
                   + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in deepest.items())
                   + f" (mean-goal guess {metrics['chance']['accuracy']:.3f})")
+        if metrics and "decoder_l1" in metrics:
+            print(f"  {task.name}: held-out next-frame L1 {metrics['decoder_l1']:.4f} (mean frame "
+                  f"{metrics['mean_frame_l1']:.4f}, copy current frame {metrics['copy_frame_l1']:.4f})")
+        if metrics and "per_encoder" in metrics:
+            print(f"  {task.name}: held-out reward MSE " + ", ".join(
+                f"{k} {v['reward_mse']:.4f}" for k, v in metrics["per_encoder"].items())
+                + f" (mean-reward floor {metrics['mean_reward_mse']:.4f})")
     for name in failed:
         print(f"  {status[name]}: {name}")
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")

@@ -280,7 +280,7 @@ class AtariConfig:
     max_episode_steps: int = 2000  # an episode is truncated (done) after this many agent steps
     random_action_share: float = 0.1  # share of collected actions drawn uniformly at random
     n_envs: int = 8  # envs stepped together during collection
-    val_fraction: float = 0.1  # share of episodes held out for validation
+    val_fraction: float = 0.1  # share of episodes held out for validation and scoring
 
     def check(self, err):
         for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs"):
@@ -297,10 +297,10 @@ class AtariConfig:
         for key in ("ppo_ent_coef", "ppo_gamma", "random_action_share"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 err(key, "must be within [0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            err("val_fraction", "must be within [0, 1)")
-        if self.val_fraction > 0 and self.episodes < 2:
-            err("episodes", "must be at least 2 to hold out validation episodes", related="val_fraction")
+        held_out = round(self.val_fraction * self.episodes)
+        if not 1 <= held_out < self.episodes:  # the world-model stages score on held-out episodes
+            err("val_fraction", f"holds out {held_out} of {self.episodes} episodes; it must hold out at least "
+                "one and leave one to train on", related="episodes")
 
 
 @dataclass

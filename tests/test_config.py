@@ -49,6 +49,17 @@ def test_unknown_key_from_parent_names_parent_file(tmp_path):
     ({"env": {"test_fraction": 1.5}}, "env.test_fraction", "between"),
     ({"study": {"stages": ["collect", "dance"]}}, "study.stages", "unknown stage"),
     ({"train": 5}, "train", "expected a mapping"),
+    ({"env": {"name": "atari", "game": "Assault"}}, "env.game", "not an ALE game id"),
+    ({"env": {"name": "atari", "frame_size": 32}}, "env.frame_size", "within [36, 256]"),
+    ({"env": {"name": "atari", "frame_size": 72}}, "env.frame_size", "divisible by 2^4"),
+    ({"env": {"name": "atari", "frame_stack": 0}}, "env.frame_stack", "positive"),
+    ({"env": {"name": "atari", "sticky_actions": 1.0}}, "env.sticky_actions", "within [0, 1)"),
+    ({"atari": {"ppo_batch_size": 4096, "ppo_n_steps": 128}}, "atari.ppo_batch_size", "ppo_n_steps x ppo_n_envs"),
+    ({"atari": {"episodes": 4, "val_fraction": 0.1}}, "atari.val_fraction", "holds out 0 of 4 episodes"),
+    ({"atari": {"random_action_share": 1.5}}, "atari.random_action_share", "within [0, 1]"),
+    ({"atari": {"ppo_tiemsteps": 5}}, "atari.ppo_tiemsteps", "did you mean ppo_timesteps"),
+    ({"world_model": {"channels": []}}, "world_model.channels", "at least one"),
+    ({"world_model": {"ema_momentum": 1.5}}, "world_model.ema_momentum", "within [0, 1]"),
 ])
 def test_bad_values_name_the_key(tmp_path, data, key, words):
     msg, path = error_of(tmp_path, data)

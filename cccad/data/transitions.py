@@ -14,6 +14,7 @@ Validation holds out whole episodes.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,19 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
 
     returns: list[list[float]] = []
 
+    every = max(1, cfg.atari.ppo_timesteps // 10)
+
     class EpisodeReturns(BaseCallback):
+        """Records each finished episode's return; logs progress every tenth of the budget."""
+
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 if "episode" in info:
                     returns.append([float(self.num_timesteps), float(info["episode"]["r"])])
+            if self.num_timesteps // every != (self.num_timesteps - self.training_env.num_envs) // every:
+                recent = [r for _, r in returns[-10:]]
+                log(f"PPO agent: {self.num_timesteps:,}/{cfg.atari.ppo_timesteps:,} steps, {len(returns)} episodes"
+                    + (f", last 10 mean return {np.mean(recent):.1f}" if recent else ""))
             return True
 
     t0 = time.perf_counter()
@@ -135,17 +144,20 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
         written += 1
         frames_written += n + 1
 
-    t0 = time.perf_counter()
-    active = [i for i in range(len(envs)) if start(i)]
     dev = device()
-    while active:
+
+    def choose(group: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The group's actions: the policy's, each replaced by a uniform one with the random share."""
         with torch.no_grad():
-            obs = torch.from_numpy(np.stack([states[i] for i in active])).to(dev)
+            obs = torch.from_numpy(np.stack([states[i] for i in group])).to(dev)
             actions = policy.get_distribution(obs).get_actions().cpu().numpy()
-        random = rng.random(len(active)) < a.random_action_share
-        actions = np.where(random, rng.integers(0, n_actions, len(active)), actions)
+        random = rng.random(len(group)) < a.random_action_share
+        return np.where(random, rng.integers(0, n_actions, len(group)), actions), random
+
+    def step(group: list[int], actions: np.ndarray, random: np.ndarray) -> list[int]:
+        """Step and record the group's envs; returns those still playing."""
         still = []
-        for i, action, was_random in zip(active, actions, random):
+        for i, action, was_random in zip(group, actions, random):
             states[i], reward, terminated, truncated, _ = envs[i].step(int(action))
             ep = episodes[i]
             ep["frames"].append(envs[i].frames[-1])
@@ -159,7 +171,28 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
                     still.append(i)
             else:
                 still.append(i)
-        active = still
+        return still
+
+    # Two groups of envs in turn: while a worker thread steps one group (ALE emulates without the
+    # GIL), this thread runs the policy on the other, so the policy's cost hides behind emulation.
+    # Each group's actions depend only on its own states, drawn in a fixed order: deterministic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the other core emulates
+    t0 = time.perf_counter()
+    active = [i for i in range(len(envs)) if start(i)]
+    groups, pending, g = [active[0::2], active[1::2]], None, 0
+    try:
+        with ThreadPoolExecutor(1) as worker:
+            while groups[0] or groups[1] or pending:
+                chosen = choose(groups[g]) if groups[g] else None
+                if pending:  # the other group's step, which ran meanwhile
+                    groups[1 - g] = pending.result()
+                    pending = None
+                if chosen is not None:
+                    pending = worker.submit(step, list(groups[g]), *chosen)
+                g = 1 - g
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     for env in envs:
         env.close()

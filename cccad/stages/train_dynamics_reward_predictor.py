@@ -18,7 +18,7 @@ preflight = reward_probe.preflight
 
 
 def decided_by(cfg: Config) -> dict:
-    return {**reward_probe.decided_by(cfg), "next_latent": "predicted"}
+    return reward_probe.decided_by(cfg, dynamics=True)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -26,4 +26,4 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    return reward_probe.run(cfg, run_dir, log, dynamics=True, folder=FOLDER, decided=decided_by)
+    return reward_probe.run(cfg, run_dir, log, dynamics=True, folder=FOLDER)

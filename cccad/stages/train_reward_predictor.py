@@ -31,8 +31,8 @@ PLOT = "reward_mse.png"
 FOLDER = "reward_predictor"  # weights/<encoder>/reward_predictor/model.pt
 
 
-def decided_by(cfg: Config) -> dict:
-    return world.decided_by(cfg, "probe")
+def decided_by(cfg: Config, dynamics: bool = False) -> dict:
+    return {**world.decided_by(cfg, "probe"), "next_latent": "predicted" if dynamics else "true"}
 
 
 def preflight(cfg: Config) -> None:
@@ -49,7 +49,7 @@ def next_latent(nets, batch, z, dynamics: bool):
     return nets.predictor(z, batch["action"]) if dynamics else nets.encoder(batch["next_state"])
 
 
-def objective(cfg: Config, data, dynamics: bool = False, folder: str = FOLDER, decided=decided_by):
+def objective(cfg: Config, data, dynamics: bool = False, folder: str = FOLDER):
     """The probes' Objective (heads for both encoders, encoders and predictors frozen) and
     latents(batch) -> {encoder: (z_t, z_{t+1})}."""
     frozen = nn.ModuleDict({name: world.load_frozen(cfg, name) for name in world.ENCODERS})
@@ -81,13 +81,13 @@ def objective(cfg: Config, data, dynamics: bool = False, folder: str = FOLDER, d
                 for name in world.ENCODERS}
 
     batch, _ = world.sampler(cfg, data)
-    obj = Objective(heads, loss, batch, decided(cfg), tag="probe", final=final, frozen=frozen)
+    obj = Objective(heads, loss, batch, decided_by(cfg, dynamics), tag="probe", final=final, frozen=frozen)
     return obj, latents, mean, scale
 
 
-def run(cfg: Config, run_dir: Path, log=print, dynamics: bool = False, folder: str = FOLDER, decided=decided_by) -> dict:
+def run(cfg: Config, run_dir: Path, log=print, dynamics: bool = False, folder: str = FOLDER) -> dict:
     data = world.open_transitions(cfg)
-    obj, latents, mean, scale = objective(cfg, data, dynamics, folder, decided)
+    obj, latents, mean, scale = objective(cfg, data, dynamics, folder)
     heads = obj.model
     kind = "predicted" if dynamics else "true"
     log(f"reward probes on frozen encoder-decoder and JEPA latents, {kind} next latent; "

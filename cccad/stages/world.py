@@ -45,8 +45,6 @@ def preflight(cfg: Config, *runs: str) -> None:
         run = getattr(cfg.world_model, key.split(".")[1])
         if not (Path(run) / ENCODERS[name]).is_file():
             raise ConfigError(f"{key}: no {ENCODERS[name]} in {run or '(not set)'}")
-    if runs and cfg.atari.val_fraction == 0:
-        raise ConfigError("atari.val_fraction: 0 holds out no episodes to score the probes on")
 
 
 def open_transitions(cfg: Config) -> Transitions:

@@ -1,0 +1,5 @@
+"""Stage `train_jepa_decoder`: see jobs/_stage.py."""
+from _stage import run_stage
+
+if __name__ == "__main__":
+    run_stage("train_jepa_decoder")
