@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install smoke test bench clean
+.PHONY: install smoke test bench clean cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -26,3 +26,10 @@ bench: install
 
 clean:
 	rm -rf runs
+
+# a real single-node SLURM cluster on this machine (root; state in .slurm-local/)
+cluster-up:
+	bash slurm/local/up.sh
+
+cluster-down:
+	bash slurm/local/down.sh

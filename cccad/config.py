@@ -313,7 +313,7 @@ class WorldModelConfig:
     reward_hidden: int = 128
     ema_momentum: float = 0.996  # JEPA target encoder: target = m * target + (1 - m) * encoder
     ema_momentum_end: float = 0.996  # m goes linearly from ema_momentum to this over training
-    collapse_std: float = 0.01  # warn when the JEPA latents' std across the batch falls below this
+    collapse_spread: float = 0.01  # warn when the JEPA latents' spread (std across the batch / RMS) falls below
     # trained runs the probes read; the study runner fills them in
     encoder_decoder_run: str = ""
     jepa_run: str = ""
@@ -327,8 +327,8 @@ class WorldModelConfig:
         for key in ("ema_momentum", "ema_momentum_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 err(key, "must be within [0, 1]")
-        if self.collapse_std < 0:
-            err("collapse_std", "must be >= 0")
+        if self.collapse_spread < 0:
+            err("collapse_spread", "must be >= 0")
 
 
 STAGE_NAMES = ("collect", "pretrain_encoder", "train", "evaluate", "probe", "train_encoder_decoder", "train_jepa",

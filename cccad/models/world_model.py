@@ -59,10 +59,17 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.deconvs(x))
 
 
+def input_norm(dim: int) -> nn.BatchNorm1d:
+    """Standardises a probe's frozen input (BatchNorm without affine, as linear probes do): latents
+    of different encoders differ in scale by orders of magnitude, and what varies between states
+    can be a tiny part of a latent's size."""
+    return nn.BatchNorm1d(dim, affine=False)
+
+
 class RewardPredictor(nn.Module):
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * cfg.latent_dim, cfg.reward_hidden), nn.GELU(),
+        self.mlp = nn.Sequential(input_norm(2 * cfg.latent_dim), nn.Linear(2 * cfg.latent_dim, cfg.reward_hidden), nn.GELU(),
                                  nn.Linear(cfg.reward_hidden, cfg.reward_hidden), nn.GELU(),
                                  nn.Linear(cfg.reward_hidden, 1))
 
@@ -75,5 +82,12 @@ def frames_to_unit(frames: torch.Tensor) -> torch.Tensor:
 
 
 def latent_std(z: torch.Tensor) -> torch.Tensor:
-    """Mean over latent dimensions of the std across the batch: near zero means collapse."""
+    """Mean over latent dimensions of the std across the batch."""
     return z.float().std(dim=0).mean()
+
+
+def latent_spread(z: torch.Tensor) -> torch.Tensor:
+    """latent_std over the latents' RMS: scale-free, near zero when every state maps to (almost)
+    the same latent, whatever the latents' size. Collapse shows as this falling toward zero."""
+    z = z.float()
+    return z.std(dim=0).mean() / z.pow(2).mean().sqrt().clamp(min=1e-12)

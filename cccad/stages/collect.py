@@ -127,7 +127,7 @@ def run_atari(cfg: Config, run_dir: Path, log=print) -> dict:
     tenth = max(1, len(agent_returns) // 10)
     return {"transitions": stats["transitions"], "episodes": stats["episodes"],
             "transitions_per_s": stats["transitions_per_s"], "collect_seconds": stats["seconds"],
-            "agent_seconds": stats["agent_seconds"], "agent_reused": agent.get("reused", True),
+            "agent_seconds": stats["agent_seconds"], "agent_reused": agent.get("reused"),  # None: dataset reused
             "agent_first_return": float(np.mean([r for _, r in agent_returns[:tenth]])) if agent_returns else None,
             "agent_last_return": float(np.mean([r for _, r in agent_returns[-tenth:]])) if agent_returns else None,
             "collected_mean_return": float(returns.mean()), "val_episodes": stats["val_episodes"],

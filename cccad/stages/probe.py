@@ -114,7 +114,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         num_warmup_steps=0, schedule="constant", weight_decay=0.0))
     log(f"goal probes on frozen {type(frozen).__name__}: {', '.join(heads)}; "
         f"{len(train_ids)} streams to train, {len(val_ids)} to score")
-    result = fit(run_dir, fit_cfg, Objective(heads, loss, batch, decided_by(cfg), tag="probe"), log=log)
+    result = fit(run_dir, fit_cfg, Objective(heads, loss, batch, decided_by(cfg), tag="probe", frozen=frozen), log=log)
 
     # score on held-out streams, beside the constant guess of the mean training goal
     heads = heads.to(device).eval()

@@ -4,8 +4,9 @@ target moves toward the encoder: target = m * target + (1 - m) * encoder, with m
 from world_model.ema_momentum to ema_momentum_end. The target never receives gradients.
 
 Collapse guard: the loss is trivially zero if every state maps to one latent, so the latents'
-std across the batch is logged (`train/latent_std`) and a warning is printed when it falls below
-world_model.collapse_std.
+std across the batch is logged (`train/latent_std`), and their spread (that std over the latents'
+RMS, scale-free: `train/latent_spread`); a warning is printed when the spread falls below
+world_model.collapse_spread.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from cccad.stages import world
 from cccad.config import Config
-from cccad.models.world_model import Predictor, latent_std
+from cccad.models.world_model import Predictor, latent_spread, latent_std
 from cccad.trainer import Objective, fit
 
 NEEDS = ("collect",)
@@ -53,7 +54,8 @@ def loss(model, batch):
     z_hat = model.predictor(z, batch["action"])
     with torch.no_grad():
         target = model.target_encoder(batch["next_state"])
-    return F.l1_loss(z_hat.float(), target.float()), {"latent_std": latent_std(z).detach(),
+    z = z.detach()
+    return F.l1_loss(z_hat.float(), target.float()), {"latent_std": latent_std(z), "latent_spread": latent_spread(z),
                                                       "target_std": latent_std(target)}
 
 
@@ -79,10 +81,11 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     warned = []
 
     def on_log(row, log):
-        if row["latent_std"] < cfg.world_model.collapse_std:
+        if row["latent_spread"] < cfg.world_model.collapse_spread:
             warned.append(row["step"])
-            log(f"WARNING: JEPA latents may be collapsing: std across the batch {row['latent_std']:.2e} "
-                f"< world_model.collapse_std {cfg.world_model.collapse_std} at step {row['step']}")
+            log(f"WARNING: JEPA latents may be collapsing: spread (std across the batch / RMS) "
+                f"{row['latent_spread']:.2e} < world_model.collapse_spread {cfg.world_model.collapse_spread} "
+                f"at step {row['step']}")
 
     final = lambda m, step: {WEIGHTS: world.weights_file(m, PARTS, step, cfg, data.n_actions)}  # noqa: E731
     result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch, final=final,
@@ -90,4 +93,5 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                                          on_log=on_log), log=log)
     history = result["history"]
     return {**result, "final_latent_std": history[-1]["latent_std"] if history else None,
-            "collapse_warnings": warned}
+            "first_latent_spread": history[0]["latent_spread"] if history else None,
+            "final_latent_spread": history[-1]["latent_spread"] if history else None, "collapse_warnings": warned}

@@ -1,15 +1,19 @@
 """Stage `train_jepa_decoder` (seed 004): how much of the frame do JEPA's latents keep? The JEPA
 encoder and predictor are loaded and frozen (no gradients, eval mode); only a new decoder learns
-to turn the predicted z_{t+1} into the next frame (L1)."""
+to turn the predicted z_{t+1}, standardised (`input_norm`), into the next frame (L1)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from collections import OrderedDict
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from cccad.stages import world
 from cccad.config import Config
+from cccad.models.world_model import input_norm
 from cccad.trainer import Objective, fit
 
 NEEDS = ("collect", "train_jepa")
@@ -35,7 +39,7 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
 def objective(cfg: Config, data):
     """The probe's Objective and its decode(batch) -> next frames."""
     frozen = world.load_frozen(cfg, "jepa")
-    decoder = world.decoder(cfg)
+    decoder = nn.Sequential(OrderedDict(input_norm=input_norm(cfg.world_model.latent_dim), decoder=world.decoder(cfg)))
 
     def predicted_latent(batch):
         with torch.no_grad():
@@ -45,8 +49,9 @@ def objective(cfg: Config, data):
         return F.l1_loss(model(predicted_latent(batch)).float(), world.next_frame(batch)), {}
 
     batch, _ = world.sampler(cfg, data)
-    final = lambda m, step: {WEIGHTS: {"decoder_state_dict": m.state_dict(), "global_step": step,  # noqa: E731
-                                       "config": cfg.to_dict()}}
+    final = lambda m, step: {WEIGHTS: {"decoder_state_dict": m.decoder.state_dict(),  # noqa: E731
+                                       "input_norm_state_dict": m.input_norm.state_dict(),
+                                       "global_step": step, "config": cfg.to_dict()}}
     obj = Objective(decoder, loss, batch, decided_by(cfg), tag="probe", final=final, frozen=frozen)
     return obj, lambda b: decoder(predicted_latent(b))
 
