@@ -14,7 +14,6 @@ Validation holds out whole episodes.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,18 +145,19 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
 
     dev = device()
 
-    def choose(group: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The group's actions: the policy's, each replaced by a uniform one with the random share."""
+    def choose(playing: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """One batched policy call: its actions, each replaced by a uniform one with the random share."""
         with torch.no_grad():
-            obs = torch.from_numpy(np.stack([states[i] for i in group])).to(dev)
+            obs = torch.from_numpy(np.stack([states[i] for i in playing])).to(dev)
             actions = policy.get_distribution(obs).get_actions().cpu().numpy()
-        random = rng.random(len(group)) < a.random_action_share
-        return np.where(random, rng.integers(0, n_actions, len(group)), actions), random
+        random = rng.random(len(playing)) < a.random_action_share
+        return np.where(random, rng.integers(0, n_actions, len(playing)), actions), random
 
-    def step(group: list[int], actions: np.ndarray, random: np.ndarray) -> list[int]:
-        """Step and record the group's envs; returns those still playing."""
+    def step(playing: list[int], actions: np.ndarray, random: np.ndarray) -> list[int]:
+        """Step and record the envs; returns those still playing (an env that ends an episode
+        starts the next unplayed one)."""
         still = []
-        for i, action, was_random in zip(group, actions, random):
+        for i, action, was_random in zip(playing, actions, random):
             states[i], reward, terminated, truncated, _ = envs[i].step(int(action))
             ep = episodes[i]
             ep["frames"].append(envs[i].frames[-1])
@@ -173,26 +173,10 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
                 still.append(i)
         return still
 
-    # Two groups of envs in turn: while a worker thread steps one group (ALE emulates without the
-    # GIL), this thread runs the policy on the other, so the policy's cost hides behind emulation.
-    # Each group's actions depend only on its own states, drawn in a fixed order: deterministic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the other core emulates
     t0 = time.perf_counter()
     active = [i for i in range(len(envs)) if start(i)]
-    groups, pending, g = [active[0::2], active[1::2]], None, 0
-    try:
-        with ThreadPoolExecutor(1) as worker:
-            while groups[0] or groups[1] or pending:
-                chosen = choose(groups[g]) if groups[g] else None
-                if pending:  # the other group's step, which ran meanwhile
-                    groups[1 - g] = pending.result()
-                    pending = None
-                if chosen is not None:
-                    pending = worker.submit(step, list(groups[g]), *chosen)
-                g = 1 - g
-    finally:
-        torch.set_num_threads(threads)
+    while active:
+        active = step(active, *choose(active))
     seconds = time.perf_counter() - t0
     for env in envs:
         env.close()
