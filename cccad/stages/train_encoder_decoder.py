@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -43,6 +44,7 @@ def loss(model, batch):
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
     data = world.open_transitions(cfg)
+    torch.manual_seed(cfg.seed)
     model = nn.ModuleDict({"encoder": world.encoder(cfg), "predictor": Predictor(cfg.world_model, data.n_actions),
                            "decoder": world.decoder(cfg)})
     log(f"encoder-decoder: {sum(p.numel() for p in model.parameters()):,} parameters, "
