@@ -123,19 +123,23 @@ def test_losses_fall(study):
 @pytest.mark.parametrize("dynamics", [False, True])
 def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynamics):
     """Rewards are sparse (a batch's loss jumps with each rewarded transition), so the loss is
-    measured on a fixed set of 512 training transitions, before and after training."""
+    measured on a fixed set of 512 training transitions, before and after training: it must end
+    below always predicting the mean reward."""
     task = "train-dynamics-reward-predictor" if dynamics else "train-reward-predictor"
-    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=300", "probe.lr=0.003"])
+    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=500", "probe.lr=0.003"])
     data = world.open_transitions(cfg)
     obj, _, mean, scale = train_reward_predictor.objective(cfg, data, dynamics=dynamics)
     fixed = {**data.batch(data.train_ids[:512]), "frame_channels": 1}
     floor = 2 * float(np.mean(((data.rewards[data.train_ids[:512]] - mean) / scale) ** 2))  # two heads
-    with torch.no_grad():
-        before = obj.loss(obj.model, fixed)[0].item()
+
+    def fixed_loss():
+        with torch.no_grad():
+            return obj.loss(obj.model.cpu().eval(), fixed)[0].item()
+
+    before = fixed_loss()
     fit(tmp_path, world.probe_fit_config(cfg), obj, log=lambda *_: None)
-    with torch.no_grad():
-        after = obj.loss(obj.model.cpu(), fixed)[0].item()
-    assert after < 0.95 * before and after < 1.05 * floor, (before, after, floor)
+    after = fixed_loss()
+    assert after < before and after < floor, (before, after, floor)  # beyond the mean reward
 
 
 def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path):
