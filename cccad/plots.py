@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -47,9 +48,8 @@ def bar_plot(path: Path, bars: dict[str, float], title: str, ylabel: str, hline:
     _save(fig, path)
 
 
-def frame_grid(path: Path, rows: dict[str, "np.ndarray"], title: str) -> None:
+def frame_grid(path: Path, rows: dict[str, np.ndarray], title: str) -> None:
     """One row of frames per entry (label: (n, C, H, W) floats in [0, 1] or uint8)."""
-    import numpy as np
     n = min(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows) + 0.4), dpi=100, squeeze=False)
     for r, (label, frames) in enumerate(rows.items()):

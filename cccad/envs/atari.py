@@ -67,14 +67,6 @@ def make_env(cfg: EnvConfig, max_episode_steps: int | None = None) -> gym.Env:
     return Preprocess(env, cfg)
 
 
-def n_actions(cfg: EnvConfig) -> int:
-    env = make_env(cfg)
-    try:
-        return int(env.action_space.n)
-    finally:
-        env.close()
-
-
 def stack_indices(newest: np.ndarray, first: np.ndarray, k: int) -> np.ndarray:
     """Frame indices of the states whose newest frame is `newest` in episodes starting at frame
     `first`: (len, k), oldest first, repeating the episode's first frame before its start."""

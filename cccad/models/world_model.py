@@ -77,10 +77,6 @@ class RewardPredictor(nn.Module):
         return self.mlp(torch.cat([z, z_next], dim=-1)).squeeze(-1)
 
 
-def frames_to_unit(frames: torch.Tensor) -> torch.Tensor:
-    return frames.float() / 255.0
-
-
 def latent_std(z: torch.Tensor) -> torch.Tensor:
     """Mean over latent dimensions of the std across the batch."""
     return z.float().std(dim=0).mean()
