@@ -13,7 +13,7 @@ from common import ROOT, Row, report
 
 from cccad.config import load_config
 from cccad.data.store import DatasetWriter
-from cccad.data.transitions import _ppo, collect_transitions
+from cccad.data.transitions import collect_transitions, make_agent
 from cccad.envs.atari import FrameStack, make_env
 
 
@@ -40,7 +40,7 @@ def main():
     a = p.parse_args()
     cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml",
                       [f"atari.n_envs={a.n_envs}", f"atari.episodes={a.episodes}", "atari.max_episode_steps=500"])
-    policy = _ppo(cfg).policy  # an untrained agent costs the same to run as a trained one
+    policy = make_agent(cfg).policy  # an untrained agent costs the same to run as a trained one
     with tempfile.TemporaryDirectory() as tmp:
         writer = DatasetWriter(f"{tmp}/ds", "atari_transitions", {}, "bench")
         stats = collect_transitions(cfg, policy, writer)

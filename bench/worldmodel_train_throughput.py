@@ -14,7 +14,7 @@ from common import ROOT, Row, report
 
 from cccad.config import config_hash, load_config
 from cccad.data.store import DatasetWriter
-from cccad.data.transitions import _ppo, collect_transitions
+from cccad.data.transitions import collect_transitions, make_agent
 from cccad.stages import train_encoder_decoder, train_jepa, world
 from cccad.stages.collect import ATARI_KIND, dataset_config
 
@@ -42,7 +42,7 @@ def main():
         expect = dataset_config(cfg)
         data_dir = Path(tmp) / "dataset"
         writer = DatasetWriter(data_dir, ATARI_KIND, expect, config_hash(expect))
-        stats = collect_transitions(cfg, _ppo(cfg).policy, writer)
+        stats = collect_transitions(cfg, make_agent(cfg).policy, writer)
         writer.commit({"transitions": stats["transitions"]}, stats | {"agent_returns": [], "agent_seconds": 0})
         cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml", base + [f"train.dataset={data_dir}"])
         data = world.open_transitions(cfg)

@@ -38,7 +38,8 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _ppo(cfg: Config):
+def make_agent(cfg: Config):
+    """A fresh SB3 PPO agent (CnnPolicy) on `atari.ppo_n_envs` preprocessed, frame-stacked envs."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv  # on 2 cores faster than SubprocVecEnv
@@ -61,7 +62,7 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
 
     path = Path(agent_dir) / AGENT_FILE
     expect = agent_config(cfg)
-    agent = _ppo(cfg)
+    agent = make_agent(cfg)
     if path.exists():
         state = load_checkpoint(path, ("policy_state_dict", "config_hash", "config", "returns"))
         if state["config_hash"] != config_hash(expect):
