@@ -63,6 +63,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     log(f"JEPA decoder probe: frozen encoder and predictor from {cfg.world_model.jepa_run}, "
         f"{sum(p.numel() for p in obj.model.parameters()):,} decoder parameters")
     result = fit(run_dir, world.probe_fit_config(cfg), obj, log=log)
+    obj.model.eval()  # scored with the input norm's running statistics
     device = next(obj.model.parameters()).device
     return {**result, **world.score_decoder(cfg, data, decode, device, Path(run_dir) / GRID,
                                             "JEPA decoder probe", log)}
