@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make submit: the study and cluster profile (e.g. make submit STUDY=configs/studies/smoke.yaml)
+STUDY ?= configs/studies/full.yaml
+PROFILE ?= slurm/profiles/local.yaml
 
-.PHONY: install smoke test bench clean cluster-up cluster-down
+.PHONY: install smoke test bench clean cluster-up cluster-down submit status
 
 install: $(STAMP)
 
@@ -20,6 +23,13 @@ smoke: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# SLURM: the study as job arrays (returns once submitted), then its state by task
+submit: install
+	$(VENV)/bin/cccad submit $(STUDY) --cluster $(PROFILE)
+
+status: install
+	$(VENV)/bin/cccad status $(STUDY)
 
 bench: install
 	$(PY) bench/run_all.py

@@ -1,4 +1,4 @@
-"""`cccad` command line: run one stage, or a whole study locally."""
+"""`cccad` command line: run one stage, a whole study locally or on SLURM, and the study's status."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+from cccad.cluster import ClusterError
 from cccad.config import ConfigError, dump_yaml, load_config
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
 from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
-from cccad.trainer import CheckpointError
+from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, OSError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, OSError)
 
 
 def cmd_run(args) -> int:
@@ -65,6 +66,29 @@ def cmd_local(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_submit(args) -> int:
+    from cccad.cluster import submit
+
+    submit(args.study, args.overrides, args.runs, args.cluster, args.dry_run, log=functools.partial(print, flush=True))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from cccad.cluster import status
+
+    rows = status(args.study, args.overrides, args.runs)
+    cols = ("stage", "task", "state", "job", "requeues", "logs")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(f"{c:{widths[c]}}" for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(f"{str(r[c]):{widths[c]}}" for c in cols).rstrip())
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cccad", description="In-context RL and world-model studies, "
                                 "locally (cccad local) or one stage at a time (cccad run).")
@@ -76,13 +100,29 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (default runs/{stage}-{env}-seed{seed})")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
     r.set_defaults(func=cmd_run)
-    loc = sub.add_parser("local", help="run a whole study on this machine",
-                         description="Run a study's stage graph in dependency order on this machine, "
-                         "skipping tasks whose outputs exist and validate.")
-    loc.add_argument("study", help="study config, e.g. configs/studies/smoke.yaml")
-    loc.add_argument("--runs", default="runs", help="root folder for run outputs (default runs)")
-    loc.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every task")
-    loc.set_defaults(func=cmd_local)
+    def study_command(name, func, help, description, runs_note=""):
+        """A command on a whole study: STUDY, --runs and key=value overrides."""
+        c = sub.add_parser(name, help=help, description=description)
+        c.add_argument("study", help="study config, e.g. configs/studies/smoke.yaml")
+        c.add_argument("--runs", default="runs", help=f"root folder for run outputs (default runs){runs_note}")
+        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every task")
+        c.set_defaults(func=func)
+        return c
+
+    study_command("local", cmd_local, "run a whole study on this machine",
+                  "Run a study's stage graph in dependency order on this machine, skipping tasks whose "
+                  "outputs exist and validate.")
+    sb = study_command("submit", cmd_submit, "submit a study to SLURM as job arrays",
+                       "Submit a study's incomplete tasks to SLURM: one job array per stage (and variant), "
+                       "chained with aftercorr, resources from the cluster profile. Returns once submitted; "
+                       "see cccad status.", "; must be on a filesystem the cluster's nodes share")
+    sb.add_argument("--cluster", required=True, help="cluster profile, e.g. slurm/profiles/local.yaml")
+    sb.add_argument("--dry-run", action="store_true", help="print the arrays, sizes, dependencies and "
+                    "resources without submitting")
+    study_command("status", cmd_status, "each task's state: done, running, pending, failed ...",
+                  "One row per task of a study (give the overrides it was submitted with): its state from the "
+                  "run folders and SLURM (done, running, pending, failed with its logs, blocked by a failed "
+                  "upstream task, not submitted) and how often it was requeued.")
     return p
 
 
@@ -100,6 +140,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"cccad: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"cccad: interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,21 +501,31 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = (),
                 extra: list[tuple[dict, str]] = ()) -> Config:
     """Load, merge and validate. `extra` holds (mapping, source name) layers applied after the
     file and before the command-line overrides (the study runner's env and variant layers)."""
-    tree, sources = _read_with_sources(Path(path), seen=()) if path else ({}, {})
+    tree, sources = read_with_sources(path) if path else ({}, {})
     for layer, name in list(extra) + [(parse_overrides(list(overrides)), "command line")]:
         merge_into(tree, layer)
         sources.update({k: name for k in flatten(layer)})
     return build(tree, sources)
 
 
-def build(tree: dict, sources: dict[str, str]) -> Config:
-    cfg = _build_dataclass(Config, tree, "", sources)
+def build(tree: dict, sources: dict[str, str], schema=Config):
+    """`tree` as an instance of the dataclass `schema` (Config, or another file's schema such as
+    a cluster profile's), every key checked."""
+    cfg = _build_dataclass(schema, tree, "", sources)
     _check_all(cfg, "", sources)
     return cfg
 
 
+def read_with_sources(path: Path) -> tuple[dict, dict]:
+    """read_yaml's mapping and, for each dotted key, the file that set it (for `build`)."""
+    return _read_with_sources(Path(path), seen=())
+
+
 def _source(sources: dict, key: str) -> str:
     key = re.sub(r"\[\d+\]", "", key)  # list items are set by whoever set the list
+    inside = [v for k, v in sources.items() if k.startswith(key + ".")]  # a mapping: who set its keys
+    if key not in sources and inside:
+        return inside[-1]
     while key:
         if key in sources:
             return sources[key]
@@ -568,6 +579,11 @@ def _coerce(tp, value, key, sources):
         return {str(k): _coerce(val_tp, v, f"{key}.{k}", sources) for k, v in value.items()}
     if tp is Any:
         return value
+    if origin in (typing.Union, types.UnionType):  # `X | None`
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(inner, value, key, sources)
     if tp is bool:
         if not isinstance(value, bool):
             _fail(sources, key, f"expected true or false, got {value!r}")
@@ -600,11 +616,16 @@ def _check_all(obj, prefix: str, sources: dict):
             raise ConfigError(f"{_source(sources, prefix + related)}: {key}: {message} (set by {prefix}{related})")
         _fail(sources, key, message)
 
-    obj.check(err)
+    if hasattr(obj, "check"):
+        obj.check(err)
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             _check_all(value, f"{prefix}{f.name}.", sources)
+        elif isinstance(value, dict):  # e.g. a profile's stages: {name: Resources}
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v):
+                    _check_all(v, f"{prefix}{f.name}.{k}.", sources)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -48,11 +48,23 @@ def package_versions() -> dict:
     return out
 
 
+IMAGE_BUILD = Path(__file__).resolve().parent.parent / "IMAGE_BUILD.json"  # written by the container recipes
+
+
+def image_build() -> dict | None:
+    """The container image's own build metadata when running inside one (else None)."""
+    try:
+        return json.loads(IMAGE_BUILD.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
     atomic_write_json(run_dir / "manifest.json", {
         "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg, stage),
         "packages": package_versions(), "python": sys.version.split()[0], "host": socket.gethostname(),
         "platform": platform.platform(), "container_image": os.environ.get("CCCAD_IMAGE"),
+        "image_build": image_build(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 

@@ -125,6 +125,21 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
     return base, tasks
 
 
+def task_command(task: Task) -> list[str]:
+    """The command that runs `task` (`cccad run` on its resolved config, which is written to
+    runs/<study>/.tasks/), as `cccad local` and cluster jobs both run it."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
+    atomic_write_text(config_file, dump_yaml(task.config))
+    return [sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file), "--out", str(task.run_dir)]
+
+
+def task_log(task: Task):
+    """The task's log file (run folder's log.txt), opened for appending: reruns add to it."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
+    return open(task.run_dir / "log.txt", "ab")
+
+
 def run_local(tasks: list[Task], log=print) -> dict[str, str]:
     """Run every incomplete task in order; returns {task name: done|cached|failed|blocked}."""
     status: dict[str, str] = {}
@@ -137,14 +152,10 @@ def run_local(tasks: list[Task], log=print) -> dict[str, str]:
             status[task.name] = "cached"
             log(f"{'[cached]':10}{task.name}")
             continue
-        task.run_dir.mkdir(parents=True, exist_ok=True)
-        config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
-        atomic_write_text(config_file, dump_yaml(task.config))
         log(f"{'[run]':10}{task.name}")
         t0 = time.perf_counter()
-        with open(task.run_dir / "log.txt", "ab") as logf:
-            rc = subprocess.call([sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file),
-                                  "--out", str(task.run_dir)], stdout=logf, stderr=subprocess.STDOUT)
+        with task_log(task) as logf:
+            rc = subprocess.call(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
         ok = rc == 0 and task.complete()
         status[task.name] = "done" if ok else "failed"
         log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"

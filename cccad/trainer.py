@@ -5,12 +5,17 @@ from an RNG seeded with (seed, k) and each process loads only its slice of it, s
 position is the step (resuming needs no sampler state) and the data seen does not depend on the
 number of processes. Checkpoints hold model, optimizer,
 scheduler, step and RNG states; they are written atomically and loaded without pickle.
+SIGTERM or SIGUSR2 (SLURM's requeue, preemption and time-limit signals) end the current step, save
+a checkpoint there and raise `Interrupted`: the rerun resumes from that step exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,35 @@ def resume_hash(decided_by: dict) -> str:
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint; the process should exit with
+    EXIT_INTERRUPTED so that a scheduler requeues it."""
+
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While inside: STOP_SIGNALS are recorded in the yielded dict (key "signal") instead of
+    killing the process, so the loop can stop at a step boundary."""
+    caught = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield caught
+        return
+
+    def record(signum, frame):
+        caught["signal"] = signum
+
+    previous = {s: signal.signal(s, record) for s in STOP_SIGNALS}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -204,47 +238,56 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     model.train()
     bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
     t0, samples, last_loss = time.perf_counter(), 0, float("nan")
-    for step in range(start, tc.steps):
-        batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
-                      accelerator.device)
-        with accelerator.autocast():
-            loss, stats = objective.loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
-        optimizer.step()
-        scheduler.step()
-        if objective.after_step:
-            objective.after_step(raw_model, step)
-        samples += tc.batch_size
-        done = step + 1
-        if done % tc.log_every == 0 or done in (1, tc.steps):
-            last_loss = loss.item()
-            rate = samples / (time.perf_counter() - t0)
-            row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
-                   **{k: v.item() for k, v in stats.items()}}
-            if grad_norm is not None:
-                row["grad_norm"] = float(grad_norm)
-            if done % tc.val_every == 0 or done == tc.steps:
-                row.update(validate())
-            history.append(row)
-            if objective.on_log:
-                objective.on_log(row, log)
-            if writer:
-                tag = objective.tag
-                writer.add_scalar(f"{tag}/loss", row["loss"], done)
-                writer.add_scalar("lr", row["lr"], done)
-                writer.add_scalar(f"{tag}/samples_per_s", rate, done)
-                for k, v in row.items():
-                    if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
-                        writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"{tag}/{k}", v, done)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            if bar.disable and "val_loss" in row:  # no progress bar (not a terminal): a line per validation
-                log(f"step {done}/{tc.steps} loss {last_loss:.4f} val_loss {row['val_loss']} "
-                    f"lr {row['lr']:.2e} {rate:.1f} samples/s")
-        bar.update(1)
-        if done % tc.checkpoint_every == 0 and done < tc.steps:
-            save(done)
+    with stop_signals() as caught:
+        for step in range(start, tc.steps):
+            batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
+                          accelerator.device)
+            with accelerator.autocast():
+                loss, stats = objective.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+            optimizer.step()
+            scheduler.step()
+            if objective.after_step:
+                objective.after_step(raw_model, step)
+            samples += tc.batch_size
+            done = step + 1
+            if done % tc.log_every == 0 or done in (1, tc.steps):
+                last_loss = loss.item()
+                rate = samples / (time.perf_counter() - t0)
+                row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
+                       **{k: v.item() for k, v in stats.items()}}
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                if done % tc.val_every == 0 or done == tc.steps:
+                    row.update(validate())
+                history.append(row)
+                if objective.on_log:
+                    objective.on_log(row, log)
+                if writer:
+                    tag = objective.tag
+                    writer.add_scalar(f"{tag}/loss", row["loss"], done)
+                    writer.add_scalar("lr", row["lr"], done)
+                    writer.add_scalar(f"{tag}/samples_per_s", rate, done)
+                    for k, v in row.items():
+                        if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
+                            writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"{tag}/{k}", v, done)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                if bar.disable and "val_loss" in row:  # no progress bar (not a terminal): a line per validation
+                    log(f"step {done}/{tc.steps} loss {last_loss:.4f} val_loss {row['val_loss']} "
+                        f"lr {row['lr']:.2e} {rate:.1f} samples/s")
+            bar.update(1)
+            if done % tc.checkpoint_every == 0 and done < tc.steps:
+                save(done)
+            if caught["signal"] is not None and done < tc.steps:
+                if done % tc.checkpoint_every:  # (else saved just above)
+                    save(done)
+                bar.close()
+                if writer:
+                    writer.close()
+                raise Interrupted(f"{signal.Signals(caught['signal']).name} at step {done}: "
+                                  f"checkpoint saved in {run_dir / CKPT_DIR}")
     bar.close()
     if writer:
         writer.close()

@@ -59,3 +59,19 @@ def kill_after_checkpoint(args, run_dir: Path, step: int, final_file: str) -> No
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / final_file).exists(), "run finished before it could be killed"
+
+
+def start_cluster(state: Path, port_base: int) -> dict:
+    """Start a local SLURM cluster (slurm/local/up.sh) with its state in `state` and ports
+    port_base..port_base+3, apart from any other; returns the environment that talks to it."""
+    env = dict(os.environ, CCCAD_SLURM_DIR=str(state), CCCAD_SLURMCTLD_PORT=str(port_base),
+               CCCAD_SLURMD_PORT=str(port_base + 1), CCCAD_SLURM_DB_PORT=str(port_base + 2),
+               CCCAD_SLURMDBD_PORT=str(port_base + 3))
+    up = subprocess.run(["bash", ROOT / "slurm" / "local" / "up.sh"], env=env, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert up.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={state}/slurm.conf"
+    return dict(env, SLURM_CONF=f"{state}/slurm.conf")
+
+
+def stop_cluster(env: dict) -> None:
+    subprocess.run(["bash", ROOT / "slurm" / "local" / "down.sh"], env=env, check=True, timeout=60)

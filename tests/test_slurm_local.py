@@ -1,13 +1,12 @@
 """The local SLURM cluster (slurm/local/): real daemons with real accounting, started and stopped
 by its scripts. Ports and state folder are the test's own, apart from a developer's cluster."""
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import start_cluster, stop_cluster
 
 pytestmark = pytest.mark.slurm
 PID_FILES = {"slurmctld": "slurmctld.pid", "slurmd": "slurmd.pid", "slurmdbd": "slurmdbd.pid",
@@ -28,13 +27,9 @@ def daemons(state) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, CCCAD_SLURM_DIR=str(state), CCCAD_SLURMCTLD_PORT="26817", CCCAD_SLURMD_PORT="26818",
-               CCCAD_SLURM_DB_PORT="26819", CCCAD_SLURMDBD_PORT="26820")
-    up = subprocess.run(["bash", ROOT / "slurm" / "local" / "up.sh"], env=env, capture_output=True, text=True, timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert up.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={state}/slurm.conf"
-    yield state, dict(env, SLURM_CONF=f"{state}/slurm.conf")
-    subprocess.run(["bash", ROOT / "slurm" / "local" / "down.sh"], env=env, timeout=60)
+    env = start_cluster(state, 26817)
+    yield state, env
+    stop_cluster(env)
 
 
 def run(env, *args) -> str:
@@ -61,5 +56,5 @@ def test_down_stops_every_daemon(cluster):
     state, env = cluster
     pids = daemons(state)
     assert set(pids) == set(PID_FILES), pids
-    subprocess.run(["bash", ROOT / "slurm" / "local" / "down.sh"], env=env, check=True, timeout=60)
+    stop_cluster(env)
     assert daemons(state) == {} and not any(Path(f"/proc/{pid}").exists() for pid in pids.values())

@@ -1,7 +1,9 @@
 """Seed 004's world-model nets: Encoder (frames -> z), Predictor ((z_t, a_t) -> z_{t+1}),
 Decoder (z -> frame), RewardPredictor ((z_t, z_{t+1}) -> reward). CNNs whose sizes come from
 `WorldModelConfig`: the encoder halves the frame at each of `channels`' stages, the decoder
-mirrors it. Frames enter as uint8 and are scaled to [0, 1] here; the decoder emits [0, 1].
+mirrors it. Frames enter as uint8 and are scaled to [0, 1] here. The decoder's output is unbounded (a
+sigmoid there saturated and died in a reference run: a black frame scores well on Atari, so the
+pre-activations fell until no gradient came back); `as_frames` clamps it to [0, 1] for scoring.
 """
 from __future__ import annotations
 
@@ -51,12 +53,17 @@ class Decoder(nn.Module):
         layers = []
         for c, nxt in zip(chans, chans[1:] + [out_channels]):
             layers += [nn.ConvTranspose2d(c, nxt, 4, stride=2, padding=1), nn.GELU()]
-        self.deconvs = nn.Sequential(*layers[:-1])  # no activation after the last: sigmoid below
+        self.deconvs = nn.Sequential(*layers[:-1])  # no activation after the last
         self.first = chans[0]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.proj(z)).view(len(z), self.first, self.side, self.side)
-        return torch.sigmoid(self.deconvs(x))
+        return self.deconvs(x)
+
+
+def as_frames(decoded: torch.Tensor) -> torch.Tensor:
+    """A decoder's output as frames in [0, 1], as they are scored and drawn."""
+    return decoded.float().clamp(0, 1)
 
 
 def input_norm(dim: int) -> nn.BatchNorm1d:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from cccad.config import ATARI_KEYS, Config, ConfigError, pick
 from cccad.data.transitions import Transitions
 from cccad.envs.atari import channels
-from cccad.models.world_model import Decoder, Encoder, Predictor
+from cccad.models.world_model import Decoder, Encoder, Predictor, as_frames
 from cccad.plots import frame_grid
 from cccad.stages.collect import dataset_config, open_collected, require_dataset
 from cccad.trainer import CheckpointError, load_checkpoint, load_weights
@@ -122,11 +122,11 @@ def chunk_of(samples: dict, start: int, end: int, device) -> dict:
 
 @torch.no_grad()
 def decode_scores(decode, samples: dict, train_mean_frame: torch.Tensor, device, chunk: int = 256) -> tuple[dict, torch.Tensor]:
-    """L1 of `decode(batch) -> frames in [0,1]` on `samples`, beside two floors: the mean training
+    """L1 of `decode(batch)`'s frames (clamped to [0, 1]) on `samples`, beside two floors: the mean training
     frame, and copying the current frame (the newest of state) as the next."""
     target = next_frame(samples)
     c = samples["frame_channels"]
-    decoded = torch.cat([decode(chunk_of(samples, i, i + chunk, device)).float().cpu()
+    decoded = torch.cat([as_frames(decode(chunk_of(samples, i, i + chunk, device))).cpu()
                          for i in range(0, len(target), chunk)])
     current = samples["state"][:, -c:].float() / 255.0
     return {"decoder_l1": float(F.l1_loss(decoded, target)),

@@ -1,0 +1,339 @@
+"""A study on SLURM: cluster profiles, `cccad submit` and `cccad status`.
+
+`submit` makes one job array per (stage, variant, env family) and chains them with `aftercorr`:
+task i of an array starts when task i of each array it needs has succeeded. That is the study
+graph exactly because every array of a family lists the same (env, seed) rows in the same order
+(a per-variant stage gets one array per variant for this reason: one array over variants x rows
+could not be matched task for task to its upstream array over rows). A failed task leaves its
+dependants' dependency unsatisfiable, and SLURM cancels them (`--kill-on-invalid-dep`); the other
+rows' chains go on.
+
+Resubmitting is idempotent: rows whose tasks all exist and validate are not submitted, arrays
+without work are skipped, and a task that finds its outputs complete exits at once. Each
+submission is recorded in runs/<study>/.submit/<time>.json (arrays and each task's job id); `status`
+reads those records, SLURM (`squeue`, `sacct`) and the run folders.
+
+A task runs `cccad run` in a child process (as `cccad local` does). On SLURM's preemption or
+time-limit signal (USR2, `signal_delay_s` before the limit) submitit calls `StageJob.checkpoint`:
+the child, signalled too, saves a checkpoint at its step boundary and exits, and the task is
+requeued with the same callable; the rerun resumes from that checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cccad.config import build, merge_into, read_with_sources
+from cccad.fs import atomic_write_text
+from cccad.stages import STAGES
+from cccad.study import Task, build_tasks, task_command, task_log
+
+
+class ClusterError(RuntimeError):
+    """A submission that cannot go ahead; one line saying why."""
+
+
+@dataclass
+class Resources:
+    """What one task of a stage asks SLURM for."""
+    nodes: int = 1
+    processes: int = 1  # SLURM tasks per node: one process per GPU (or per CPU share under gloo)
+    cpus_per_task: int = 1
+    gpus_per_task: int = 0
+    mem_gb: float = 2.0  # per node
+    time_min: int = 60
+
+    def check(self, err):
+        for key in ("nodes", "processes", "cpus_per_task", "time_min"):
+            if getattr(self, key) < 1:
+                err(key, "must be at least 1")
+        if self.gpus_per_task < 0:
+            err("gpus_per_task", "must be 0 or more")
+        if self.mem_gb <= 0:
+            err("mem_gb", "must be positive")
+        if self.nodes * self.processes > 1:
+            err("processes", "more than one process per task (distributed stages) is not supported yet")
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus_per_task} GPU" if self.gpus_per_task else ""
+        return (f"{self.nodes}x{self.processes} proc, {self.cpus_per_task} CPU{gpus}, {self.mem_gb:g} GB, "
+                f"{self.time_min} min")
+
+
+@dataclass
+class Profile:
+    """A cluster profile (slurm/profiles/*.yaml). `stages.<stage>` entries are merged onto
+    `defaults`, so a stage names only what it changes."""
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    array_parallelism: int = 16  # %N: tasks of one array running at once
+    max_requeues: int = 3  # time-outs a task may be requeued after (preemptions always requeue)
+    signal_delay_s: int = 120  # USR2 this long before the time limit: time to save a checkpoint
+    container_image: str | None = None  # run jobs inside it (apptainer exec --nv)
+    sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
+    defaults: Resources = field(default_factory=Resources)
+    stages: dict[str, Resources] = field(default_factory=dict)
+
+    def check(self, err):
+        for name in self.stages:
+            if name not in STAGES:
+                err(f"stages.{name}", f"unknown stage (known: {', '.join(STAGES)})")
+        if self.array_parallelism < 1:
+            err("array_parallelism", "must be at least 1")
+        if self.max_requeues < 0:
+            err("max_requeues", "must be 0 or more")
+        if self.signal_delay_s < 0:
+            err("signal_delay_s", "must be 0 or more")
+        for key, value in self.sbatch.items():
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                err(f"sbatch.{key}", f"must be a string or a number, got {value!r}")
+            if key in ("array", "dependency", "job-name", "output", "error"):
+                err(f"sbatch.{key}", "is set by cccad submit")
+
+    def resources(self, stage: str) -> Resources:
+        return self.stages.get(stage, self.defaults)
+
+    def python(self) -> str:
+        """How jobs start Python: the submitting interpreter, or the image's."""
+        if self.container_image:
+            image = shlex.quote(self.container_image)
+            return f"apptainer exec --nv --env CCCAD_IMAGE={image} {image} python"
+        return shlex.quote(sys.executable)
+
+
+def load_profile(path: str | Path) -> Profile:
+    tree, sources = read_with_sources(Path(path))
+    defaults, stages = tree.get("defaults", {}), tree.get("stages", {})
+    if isinstance(defaults, dict) and isinstance(stages, dict):
+        tree["stages"] = {name: merge_into(copy.deepcopy(defaults), res) if isinstance(res, dict) else res
+                          for name, res in stages.items()}
+    return build(tree, sources, Profile)
+
+
+# ----------------------------------------------------------------------------- planning
+
+@dataclass
+class Array:
+    name: str
+    stage: str
+    tasks: list[Task]  # in row order: (env, seed) rows of the family
+    needs: list["Array"]  # aftercorr
+    resources: Resources
+
+    def sbatch_options(self, profile: Profile, job_ids: dict[str, str] | None = None) -> list[str]:
+        """The array's sbatch options (job ids of needed arrays as <name> until submitted)."""
+        opts = [f"--array=0-{len(self.tasks) - 1}%{profile.array_parallelism}"]
+        if self.needs:
+            ids = [(job_ids or {}).get(a.name, f"<{a.name}>") for a in self.needs]
+            opts += [f"--dependency=aftercorr:{':'.join(ids)}", "--kill-on-invalid-dep=yes"]
+        return opts
+
+
+def plan(tasks: list[Task], profile: Profile) -> list[Array]:
+    """The arrays to submit for the tasks not yet complete, in dependency order."""
+    family = {t.name: t.config.env.family for t in tasks}
+    todo = {(family[t.name], t.env, t.seed) for t in tasks if not t.complete()}
+    groups: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        if (family[t.name], t.env, t.seed) in todo:
+            groups.setdefault((t.stage, t.variant, family[t.name]), []).append(t)
+    several_families = len(set(family.values())) > 1
+    arrays: dict[tuple, Array] = {}
+    for (stage, variant, fam), members in groups.items():
+        if all(t.complete() for t in members):
+            continue  # every row of this array is done: only later stages need work
+        name = "-".join([stage] + [variant] * bool(variant) + [fam] * several_families)
+        needs = [arrays[key] for key in dict.fromkeys((n.stage, n.variant, fam) for n in members[0].needs)
+                 if key in arrays]
+        for need in needs:  # aftercorr pairs task i with task i: the rows must line up
+            assert [(t.env, t.seed) for t in need.tasks] == [(t.env, t.seed) for t in members], (name, need.name)
+        arrays[(stage, variant, fam)] = Array(name, stage, members, needs, profile.resources(stage))
+    return list(arrays.values())
+
+
+def describe(arrays: list[Array], profile: Profile, job_ids: dict[str, str] | None = None) -> list[str]:
+    if not arrays:
+        return ["nothing to submit: every task's outputs exist and validate"]
+    width = max(len(a.name) for a in arrays)
+    lines = [f"{'array':{width}}  tasks  resources per task / sbatch options"]
+    for a in arrays:
+        ident = f" job {job_ids[a.name]}" if job_ids else ""
+        lines.append(f"{a.name:{width}}  {len(a.tasks):5}  {a.resources.describe()}{ident}")
+        lines.append(f"{'':{width}}         {' '.join(a.sbatch_options(profile, job_ids))}")
+    rows = [f"{i}: {t.env} seed {t.seed}" for i, t in enumerate(arrays[0].tasks)]
+    lines.append(f"array task index -> row ({arrays[0].name}): " + ", ".join(rows))
+    return lines
+
+
+# ----------------------------------------------------------------------------- jobs
+
+class StageJob:
+    """One task of a study as a SLURM array task runs it (pickled by submitit). It rebuilds the
+    study's tasks, so the task's config is resolved and checked where it runs."""
+
+    def __init__(self, study_file: str, overrides: list[str], runs_root: str, task_name: str):
+        self.args = (study_file, list(overrides), runs_root, task_name)
+
+    def task(self) -> Task:
+        study_file, overrides, runs_root, name = self.args
+        _, tasks = build_tasks(study_file, overrides, runs_root)
+        return next(t for t in tasks if t.name == name)
+
+    def __call__(self) -> str:
+        task = self.task()
+        if task.complete():
+            print(f"{task.name}: outputs exist and validate", flush=True)
+            return "cached"
+        with task_log(task) as logf:
+            self._child = subprocess.Popen(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
+            while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
+                time.sleep(0.5)
+        if rc != 0 or not task.complete():
+            raise RuntimeError(f"{task.name}: exit code {rc}, see {task.run_dir / 'log.txt'}")
+        print(f"{task.name}: done", flush=True)
+        return "done"
+
+    def checkpoint(self, *args, **kwargs):
+        """Submitit calls this on USR2 (preemption, time limit) before requeueing: let the stage
+        save a checkpoint and exit, then requeue this same task."""
+        import submitit
+
+        child = getattr(self, "_child", None)
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGUSR2)
+            deadline = time.time() + 60
+            while child.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+        return submitit.helpers.DelayedSubmission(StageJob(*self.args))
+
+
+def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: str, dry_run: bool,
+           log=print) -> list[Array]:
+    profile = load_profile(profile_path)
+    base, tasks = build_tasks(study_file, overrides, runs_root)
+    root = Path(runs_root) / base.study.name
+    arrays = plan(tasks, profile)
+    log(f"study {base.study.name}: {len(tasks)} tasks, {sum(len(a.tasks) for a in arrays)} to submit "
+        f"in {len(arrays)} arrays (profile {profile_path})")
+    if dry_run or not arrays:
+        for line in describe(arrays, profile):
+            log(line)
+        return arrays
+    active = [name for name, job in task_jobs(root).items() if job["state"] in ACTIVE]
+    if active:
+        raise ClusterError(f"study {base.study.name}: {len(active)} tasks are still pending or running in SLURM "
+                           f"(e.g. {active[0]}); see cccad status, wait or scancel them before resubmitting")
+    import submitit
+
+    record = {"study": str(study_file), "overrides": list(overrides), "profile": str(profile_path),
+              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "arrays": []}
+    job_ids: dict[str, str] = {}
+    for array in arrays:
+        res = array.resources
+        executor = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
+                                          python=profile.python())
+        extra = dict(profile.sbatch)
+        if array.needs:
+            extra["kill-on-invalid-dep"] = "yes"
+        executor.update_parameters(
+            job_name=f"{base.study.name}:{array.name}", partition=profile.partition, account=profile.account,
+            qos=profile.qos, time=res.time_min, nodes=res.nodes, ntasks_per_node=res.processes,
+            cpus_per_task=res.cpus_per_task, gpus_per_task=res.gpus_per_task or None, mem=f"{int(res.mem_gb * 1024)}M",
+            signal_delay_s=profile.signal_delay_s, array_parallelism=profile.array_parallelism,
+            dependency=f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
+            additional_parameters=extra)
+        with executor.batch():
+            jobs = [executor.submit(StageJob(str(study_file), overrides, str(runs_root), t.name)) for t in array.tasks]
+        job_ids[array.name] = jobs[0].job_id.split("_")[0]
+        record["arrays"].append({"name": array.name, "stage": array.stage, "job_id": job_ids[array.name],
+                                 "tasks": {t.name: j.job_id for t, j in zip(array.tasks, jobs)},
+                                 "needs": [a.name for a in array.needs]})
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{job_ids[arrays[0].name]}"
+    atomic_write_text(root / ".submit" / f"{stamp}.json", json.dumps(record, indent=1))
+    for line in describe(arrays, profile, job_ids):
+        log(line)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- status
+
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+          "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "PREEMPTED")
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / ".submit").glob("*.json"))]
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, dict]:
+    """{job id ("<array id>_<index>", or "<id>" for a lone task): {"state", "exit_code", "runs"}} from sacct (every run of a requeued
+    task is a row, `-D`; "runs" counts those that started) and squeue (pending array tasks, which sacct folds into one row)."""
+    if not job_ids:
+        return {}
+    out: dict[str, dict] = {}
+    acct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(job_ids), "--format=JobID,State,ExitCode,Start"],
+                          capture_output=True, text=True, timeout=60)
+    for line in acct.stdout.splitlines():
+        job, state, code, start = line.split("|")
+        if "[" in job:  # a folded range of pending tasks: squeue below lists them one by one
+            continue
+        entry = out.setdefault(job, {"runs": 0})
+        entry.update(state=state.split()[0], exit_code=code)
+        entry["runs"] += start not in ("None", "Unknown", "")
+    queue = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T"],
+                           capture_output=True, text=True, timeout=60)
+    for line in queue.stdout.splitlines():
+        job, state = line.split("|")
+        out.setdefault(job, {"runs": 0, "exit_code": ""})["state"] = state
+    return out
+
+
+def task_jobs(root: Path) -> dict[str, dict]:
+    """Each task's latest SLURM job: {task name: {"job", "array", "state", "exit_code", "runs"}}."""
+    latest: dict[str, tuple[str, str]] = {}
+    for rec in records(root):
+        for arr in rec["arrays"]:
+            for name, job in arr["tasks"].items():  # "<array id>_<i>", or "<id>" (one task: no array)
+                latest[name] = (job, arr["name"])
+    states = slurm_states(sorted({job.split("_")[0] for job, _ in latest.values()}))
+    return {name: {"job": job, "array": array, "state": "UNKNOWN", "exit_code": "", "runs": 0, **states.get(job, {})}
+            for name, (job, array) in latest.items()}
+
+
+def status(study_file: str, overrides: list[str], runs_root: str) -> list[dict]:
+    """One row per task: stage, task, state (done, running, pending, requeued, failed, blocked,
+    not submitted), job, requeues, and for failures the logs to read."""
+    base, tasks = build_tasks(study_file, overrides, runs_root)
+    root = Path(runs_root) / base.study.name
+    jobs = task_jobs(root)
+    rows = []
+    for t in tasks:
+        job = jobs.get(t.name)
+        state = slurm = job["state"] if job else ""
+        if t.complete():
+            state = "done"
+        elif not job:
+            state = "not submitted"
+        elif slurm in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+            state = "pending"
+        elif slurm in ACTIVE:
+            state = "running"
+        elif slurm == "CANCELLED" and job["runs"] == 0:
+            state = "blocked"  # cancelled before it ever started: a task it needs failed
+        else:
+            state = "failed"
+        logs = ""
+        if state == "failed":
+            logs = f"{t.run_dir / 'log.txt'} {root / '.slurm' / (job['job'] + '_0_log.err')}"
+        rows.append({"stage": t.stage, "task": t.name, "state": state, "job": job["job"] if job else "",
+                     "slurm_state": slurm, "requeues": max(job["runs"] - 1, 0) if job else 0, "logs": logs})
+    return rows

@@ -1,0 +1,172 @@
+"""cccad submit / status: cluster profiles, the planned arrays, and studies run on a real local
+SLURM cluster (started here, with its own ports and state) through submitit."""
+import json
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, cccad, start_cluster, stop_cluster, write_yaml
+
+LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
+VARIANTS = ("AD", "CompressedAD-random", "CompressedAD-finetuned", "CompressedAD-frozen")
+# the Darkroom graph, written out: array -> the arrays it waits for (aftercorr)
+GRAPH = {"collect": [], "pretrain_encoder": ["collect"],
+         **{f"train-{v}": ["collect"] + (["pretrain_encoder"] if v.endswith(("finetuned", "frozen")) else [])
+            for v in VARIANTS},
+         **{f"evaluate-{v}": [f"train-{v}"] for v in VARIANTS},
+         **{f"probe-{v}": ["collect", f"train-{v}"] for v in VARIANTS}}
+
+
+def study(tmp_path, seeds=(0, 1), **sections):
+    return write_yaml(tmp_path / "study.yaml", {**TINY, "study": {"name": "tiny", "envs": ["darkroom"],
+                                                                  "seeds": list(seeds)}, **sections})
+
+
+@pytest.mark.parametrize("profile, message", [
+    ({"defaults": {"gpu_per_task": 1}}, "unknown key 'defaults.gpu_per_task' (did you mean gpus_per_task?)"),
+    ({"stages": {"trian": {"time_min": 5}}}, "stages.trian: unknown stage"),
+    ({"stages": {"train": {"time_min": 0}}}, "stages.train.time_min: must be at least 1"),
+    ({"defaults": {"mem_gb": "lots"}}, "defaults.mem_gb: expected a number, got 'lots'"),
+    ({"sbatch": {"dependency": "afterok:1"}}, "sbatch.dependency: is set by cccad submit"),
+    ({"array_parallelism": 0}, "array_parallelism: must be at least 1"),
+])
+def test_bad_profile_is_refused_naming_file_and_key(tmp_path, profile, message):
+    path = write_yaml(tmp_path / "profile.yaml", profile)
+    proc = cccad("submit", study(tmp_path), "--cluster", path, "--runs", tmp_path / "runs", "--dry-run", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"cccad: error: {path}: {message}") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_lists_one_array_per_stage_and_variant_with_the_graph(tmp_path):
+    out = cccad("submit", study(tmp_path), "--cluster", LOCAL, "--runs", tmp_path / "runs", "--dry-run").stdout
+    assert "28 tasks, 28 to submit in 14 arrays" in out
+    found = {}
+    for name, opts in re.findall(r"^(\S+)\s+2  .*\n\s+(--array.*)$", out, re.M):
+        assert opts.startswith("--array=0-1%4"), opts
+        dep = re.search(r"--dependency=aftercorr:(\S+)", opts)
+        found[name] = [d.strip("<>") for d in dep.group(1).split(":")] if dep else []
+    assert found == GRAPH, found
+    assert "0: darkroom seed 0, 1: darkroom seed 1" in out
+    assert not (tmp_path / "runs" / "tiny" / ".submit").exists()  # nothing submitted
+
+
+# ----------------------------------------------------------------------------- on the cluster
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    env = start_cluster(tmp_path_factory.mktemp("slurm"), 27817)
+    yield env
+    stop_cluster(env)
+
+
+def submit(env, study_file, runs, *extra) -> str:
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "submit", str(study_file), "--cluster", str(LOCAL),
+                           "--runs", str(runs), *extra], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def status(env, study_file, runs) -> dict[str, dict]:
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "status", str(study_file), "--runs", str(runs)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    cols = lines[0].split()
+    return {row[1]: dict(zip(cols, row)) for row in (line.split(None, len(cols) - 1) for line in lines[1:-1])}
+
+
+def wait_idle(env, timeout=900):
+    """Until SLURM has no job left in its queue."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(2)
+    raise AssertionError("jobs still queued after the timeout")
+
+
+def task_ids(text: str) -> list[int]:
+    """scontrol's ArrayTaskId: "3", or "0-1%2" for tasks not yet started (throttle after %)."""
+    first, _, last = text.split("%")[0].partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def scontrol_jobs(env, job_id) -> list[dict]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in out.splitlines()]
+
+
+@pytest.mark.slurm
+def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster, tmp_path):
+    env, runs = cluster, tmp_path / "runs"
+    study_file = study(tmp_path)
+    # seed 1's pretraining finds a corrupt checkpoint in its run folder and fails
+    corrupt = runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "checkpoints" / "step-00000010.pt"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"not a checkpoint")
+    submit(env, study_file, runs)
+    (record_file,) = (runs / "tiny" / ".submit").glob("*.json")
+    record = json.loads(record_file.read_text())
+    ids = {a["name"]: a["job_id"] for a in record["arrays"]}
+    assert sorted(ids) == sorted(GRAPH) and len(set(ids.values())) == 14
+    for name, job_id in ids.items():  # what SLURM itself holds, read before the first array ends
+        tasks = scontrol_jobs(env, job_id)
+        assert sorted(i for t in tasks for i in task_ids(t["ArrayTaskId"])) == [0, 1], (name, tasks)
+        assert all(t["JobName"] == f"tiny:{name}" for t in tasks)
+        deps = {t.get("Dependency", "(null)") for t in tasks}
+        wanted = ",".join(f"aftercorr:{ids[n]}_*(unfulfilled)" for n in GRAPH[name]) or "(null)"
+        assert deps == {wanted}, (name, deps, wanted)
+    wait_idle(env)
+    rows = status(env, study_file, runs)
+    needs_pretrain = {"CompressedAD-finetuned", "CompressedAD-frozen"}
+    for name, row in rows.items():
+        if name.endswith("seed0") or not (name.startswith("pretrain") or any(v in name for v in needs_pretrain)):
+            assert row["state"] == "done", row
+    assert rows["pretrain-encoder-darkroom-seed1"]["state"] == "failed"
+    assert "pretrain-encoder-darkroom-seed1/log.txt" in rows["pretrain-encoder-darkroom-seed1"]["logs"]
+    assert "unreadable checkpoint" in (runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "log.txt").read_text()
+    blocked = [n for n, r in rows.items() if r["state"] == "blocked"]
+    assert sorted(blocked) == sorted(f"{s}-{v}-darkroom-seed1" for s in ("train", "evaluate", "probe") for v in needs_pretrain)
+
+    corrupt.unlink()  # the fault fixed: resubmitting runs seed 1's missing chain only
+    out = submit(env, study_file, runs)
+    assert "28 tasks, 7 to submit in 7 arrays" in out, out
+    wait_idle(env)
+    assert {r["state"] for r in status(env, study_file, runs).values()} == {"done"}
+    out = submit(env, study_file, runs)
+    assert "0 to submit" in out and "nothing to submit" in out
+    assert len(list((runs / "tiny" / ".submit").glob("*.json"))) == 2
+
+
+@pytest.mark.slurm
+def test_requeued_training_task_resumes_to_the_uninterrupted_result(cluster, tmp_path):
+    env = cluster
+    sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
+                          "variants": {"AD": {}}},
+                "train": {**TINY["train"], "steps": 400, "checkpoint_every": 40, "log_every": 20, "val_every": 100}}
+    study_file = write_yaml(tmp_path / "study.yaml", {**TINY, **sections})
+    cccad("local", study_file, "--runs", tmp_path / "plain")
+    submit(env, study_file, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("step-*.pt")):
+        time.sleep(0.1)
+    record = json.loads(next((tmp_path / "runs" / "tiny" / ".submit").glob("*.json")).read_text())
+    job = next(a["tasks"]["train-AD-darkroom-seed0"] for a in record["arrays"] if a["name"] == "train-AD")
+    requeue = subprocess.run(["scontrol", "requeue", job], env=env, capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr + subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
+    wait_idle(env)
+    rows = status(env, study_file, tmp_path / "runs")
+    assert rows["train-AD-darkroom-seed0"]["state"] == "done" and rows["train-AD-darkroom-seed0"]["requeues"] == "1", rows
+    requeued = json.loads((run_dir / "metrics.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())
+    assert 0 < requeued["resumed_from"] < 400
+    assert len(requeued["history"]) == len(plain["history"])
+    for a, b in zip(requeued["history"], plain["history"]):
+        a.pop("samples_per_s"), b.pop("samples_per_s")
+        assert a == pytest.approx(b, rel=1e-6), (a, b)
+    assert requeued["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-6)
