@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
 from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
-from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted
+from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted, OtherProcessDone
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, OSError)
 
@@ -23,10 +24,14 @@ def cmd_run(args) -> int:
     stage = STAGES[args.stage]
     stage.preflight(cfg)
     run_dir = Path(args.out) if args.out else Path("runs") / f"{args.stage.replace('_', '-')}-{cfg.env.name}-seed{cfg.seed}"
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and not stage.TRAINS:
+        raise ConfigError(f"stage {args.stage} runs as one process (it does not train); it was started as {processes}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    remove_metrics(run_dir)  # until this run ends, its folder is not complete
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    write_manifest(run_dir, cfg, args.stage)
+    if int(os.environ.get("RANK", "0")) == 0:  # of several processes, the main one writes the run's files
+        remove_metrics(run_dir)  # until this run ends, its folder is not complete
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        write_manifest(run_dir, cfg, args.stage)
     t0 = time.perf_counter()
     metrics = stage.run(cfg, run_dir, log=functools.partial(print, flush=True))
     metrics["wall_seconds"] = time.perf_counter() - t0
@@ -140,6 +145,8 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"cccad: error: {e}", file=sys.stderr)
         return 2
+    except OtherProcessDone:
+        return 0
     except Interrupted as e:
         print(f"cccad: interrupted: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -59,8 +59,6 @@ class Resources:
             err("gpus_per_task", "must be 0 or more")
         if self.mem_gb <= 0:
             err("mem_gb", "must be positive")
-        if self.nodes * self.processes > 1:
-            err("processes", "more than one process per task (distributed stages) is not supported yet")
 
     def describe(self) -> str:
         gpus = f", {self.gpus_per_task} GPU" if self.gpus_per_task else ""
@@ -84,9 +82,13 @@ class Profile:
     stages: dict[str, Resources] = field(default_factory=dict)
 
     def check(self, err):
-        for name in self.stages:
+        for name, res in self.stages.items():
             if name not in STAGES:
                 err(f"stages.{name}", f"unknown stage (known: {', '.join(STAGES)})")
+            elif res.nodes * res.processes > 1 and not STAGES[name].TRAINS:
+                err(f"stages.{name}.processes", "this stage does not train: it runs as one process on one node")
+        if self.defaults.nodes * self.defaults.processes > 1:
+            err("defaults.processes", "must be 1 (stages that do not train run as one process); set processes per stage")
         if self.array_parallelism < 1:
             err("array_parallelism", "must be at least 1")
         if self.max_requeues < 0:
@@ -189,16 +191,23 @@ class StageJob:
         return next(t for t in tasks if t.name == name)
 
     def __call__(self) -> str:
+        import submitit
+
         task = self.task()
-        if task.complete():
+        env = submitit.JobEnvironment()
+        if task.complete():  # (the same for every process of the task)
             print(f"{task.name}: outputs exist and validate", flush=True)
             return "cached"
-        with task_log(task) as logf:
-            self._child = subprocess.Popen(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
+        if env.num_tasks > 1:  # one process per SLURM task: RANK, WORLD_SIZE, MASTER_ADDR/PORT for torch
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        rank = env.global_rank
+        log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
+        with log:
+            self._child = subprocess.Popen(task_command(task), stdout=log, stderr=subprocess.STDOUT)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
                 time.sleep(0.5)
-        if rc != 0 or not task.complete():
-            raise RuntimeError(f"{task.name}: exit code {rc}, see {task.run_dir / 'log.txt'}")
+        if rc != 0 or (rank == 0 and not task.complete()):
+            raise RuntimeError(f"{task.name}: exit code {rc}, see {log.name}")
         print(f"{task.name}: done", flush=True)
         return "done"
 

@@ -203,6 +203,8 @@ class TrainConfig:
     num_warmup_steps: int = 500
     grad_clip: float = 1.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # with several processes (SLURM tasks, accelerate launch): DDP, or DeepSpeed ZeRO stage 2 or 3
+    strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
     log_every: int = 50
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -23,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import InitProcessGroupKwargs
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -51,6 +53,11 @@ class CheckpointError(RuntimeError):
 class Interrupted(Exception):
     """Training stopped by a signal after saving a checkpoint; the process should exit with
     EXIT_INTERRUPTED so that a scheduler requeues it."""
+
+
+class OtherProcessDone(Exception):
+    """Raised in every process but the main one when training ends: only the main process goes
+    on past training (scoring, plots, metrics); the others exit 0."""
 
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
@@ -114,11 +121,41 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+ZERO_STAGE = {"zero2": 2, "zero3": 3}
+# what a ZeRO optimizer's per-process state dict holds that resuming needs: the base optimizer's
+# state for this process's partition and its fp32 master partition (plain tensors and numbers;
+# the rest is DeepSpeed objects that the running optimizer already has)
+ZERO_SHARD_KEYS = {2: ("base_optimizer_state", "single_partition_of_fp32_groups"),
+                   3: ("optimizer_state_dict", "fp32_flat_groups")}
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """One process, or one per device/CPU share (RANK, WORLD_SIZE, MASTER_ADDR/PORT from the
+    environment: SLURM tasks or accelerate launch): DDP, or DeepSpeed ZeRO-2/3 (`train.strategy`).
+    Process groups use NCCL on GPUs, gloo on CPUs."""
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
-    return Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    plugin = None
+    if cfg.strategy in ZERO_STAGE:
+        plugin = DeepSpeedPlugin(zero_stage=ZERO_STAGE[cfg.strategy], gradient_clipping=cfg.grad_clip,
+                                 zero3_save_16bit_model=True)  # ZeRO-3: gather the full weights to save them
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    gpu = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, deepspeed_plugin=plugin,
+                              cpu=several and not gpu and plugin is None,  # accelerate's multi-CPU (DDP on gloo)
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="nccl" if gpu else "gloo")] if several else [])
+    if plugin is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the batch here
+        if cfg.batch_size % accelerator.num_processes:
+            raise ConfigError(f"train.batch_size: {cfg.batch_size} is not divisible by the {accelerator.num_processes} processes")
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
+            cfg.batch_size // accelerator.num_processes
+    return accelerator
+
+
+def shard_file(checkpoint: Path, rank: int) -> Path:
+    """A ZeRO checkpoint's optimizer partition of process `rank`, beside the checkpoint."""
+    return checkpoint.with_name(f"{checkpoint.stem}.rank{rank}.pt")
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
@@ -185,16 +222,29 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     expected_hash = resume_hash(objective.decided_by)
 
+    zero = ZERO_STAGE.get(tc.strategy)
+    if zero == 3 and objective.after_step:
+        raise ConfigError("train.strategy: zero3 cannot run this stage's after-step update (it reads whole "
+                          "parameters, which ZeRO-3 splits across processes); use ddp or zero2")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if tc.batch_size % world:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the {world} processes")
+
     start, history = 0, []
     ckpts = checkpoint_files(run_dir)
     if ckpts:
-        state = load_checkpoint(ckpts[-1], ("model_state_dict", "optimizer_state_dict",
-                                            "scheduler_state_dict", "global_step", "rng", "config_hash"))
+        state = load_checkpoint(ckpts[-1], ("model_state_dict", "scheduler_state_dict", "global_step", "rng",
+                                            "config_hash") + (() if zero else ("optimizer_state_dict",)))
         if state["config_hash"] != expected_hash:
             raise CheckpointError(f"{ckpts[-1]}: written by a different config (hash {state['config_hash']}, "
                                   f"this run {expected_hash}); use a new run folder or delete {run_dir / CKPT_DIR}")
+        saved = (state.get("strategy", "ddp"), state.get("processes", 1))
+        if saved[0] != tc.strategy or (zero and saved[1] != world):
+            raise CheckpointError(f"{ckpts[-1]}: written under train.strategy={saved[0]} by {saved[1]} processes; this "
+                                  f"run is {tc.strategy} with {world} (ZeRO optimizer state is split per process)")
         model.load_state_dict(state["model_state_dict"])
-        optimizer.load_state_dict(state["optimizer_state_dict"])
+        if not zero:
+            optimizer.load_state_dict(state["optimizer_state_dict"])
         scheduler.load_state_dict(state["scheduler_state_dict"])
         _set_rng_state(state["rng"])
         start, history = state["global_step"], state.get("history", [])
@@ -204,23 +254,45 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     # schedule with the process count; ours follows the optimizer step count only
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    if zero == 3:
+        held = sum(p.ds_tensor.numel() for p in raw_model.parameters())
+        log(f"ZeRO-3: process {rank} of {world} holds {held:,} of {sum(p.ds_numel for p in raw_model.parameters()):,} "
+            "parameter values")
+    if ckpts and zero:  # this process's optimizer partition, into the running ZeRO optimizer
+        shard = load_checkpoint(shard_file(ckpts[-1], rank), ("zero", "rng"))
+        zero_optimizer = model.optimizer
+        full = zero_optimizer.state_dict()
+        full.update(shard["zero"])
+        zero_optimizer.load_state_dict([full] * world, load_from_fp32_weights=True)
+        _set_rng_state(shard["rng"])
     if objective.frozen is not None:
         objective.frozen.to(accelerator.device).eval().requires_grad_(False)
     writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if tc.batch_size % world:
-        raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the {world} processes")
     part = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
 
+    def mean_over_processes(t: torch.Tensor) -> float:
+        return (accelerator.reduce(t.detach().float(), "mean") if world > 1 else t).item()
+
     def save(step: int):
-        if not accelerator.is_main_process:
-            return
-        atomic_torch_save(run_dir / CKPT_DIR / f"step-{step:08d}.pt", {
-            "model_state_dict": raw_model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(), "global_step": step, "rng": _rng_state(),
-            "config": cfg.to_dict(), "config_hash": expected_hash, "history": history})
-        for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
-            old.unlink()
+        """Every process takes part (ZeRO-3 gathers the weights; ZeRO writes one optimizer
+        partition per process, all before the main file that makes the checkpoint valid)."""
+        path = run_dir / CKPT_DIR / f"step-{step:08d}.pt"
+        weights = accelerator.get_state_dict(model)
+        if zero:
+            zero_state = model.optimizer.state_dict()
+            atomic_torch_save(shard_file(path, rank), {"zero": {k: zero_state[k] for k in ZERO_SHARD_KEYS[zero]},
+                                                       "rng": _rng_state()})
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_torch_save(path, {
+                "model_state_dict": weights, "optimizer_state_dict": None if zero else optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(), "global_step": step, "rng": _rng_state(),
+                "config": cfg.to_dict(), "config_hash": expected_hash, "history": history,
+                "strategy": tc.strategy, "processes": world})
+            for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
+                old.unlink()
+                for shard in old.parent.glob(f"{old.stem}.rank*.pt"):
+                    shard.unlink()
 
     def validate() -> dict:
         """Mean loss and stats over the fixed validation batches: {"val_loss": .., "val_<stat>": ..}."""
@@ -254,10 +326,10 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             samples += tc.batch_size
             done = step + 1
             if done % tc.log_every == 0 or done in (1, tc.steps):
-                last_loss = loss.item()
+                last_loss = mean_over_processes(loss)  # each process has its part of the batch
                 rate = samples / (time.perf_counter() - t0)
                 row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
-                       **{k: v.item() for k, v in stats.items()}}
+                       **{k: mean_over_processes(v) for k, v in stats.items()}}
                 if grad_norm is not None:
                     row["grad_norm"] = float(grad_norm)
                 if done % tc.val_every == 0 or done == tc.steps:
@@ -280,22 +352,35 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             bar.update(1)
             if done % tc.checkpoint_every == 0 and done < tc.steps:
                 save(done)
-            if caught["signal"] is not None and done < tc.steps:
+            stop = caught["signal"] is not None
+            if world > 1:  # all processes stop at the same step, whichever caught the signal
+                stop = mean_over_processes(torch.tensor(float(stop), device=accelerator.device)) > 0
+            if stop and done < tc.steps:
                 if done % tc.checkpoint_every:  # (else saved just above)
                     save(done)
                 bar.close()
                 if writer:
                     writer.close()
-                raise Interrupted(f"{signal.Signals(caught['signal']).name} at step {done}: "
-                                  f"checkpoint saved in {run_dir / CKPT_DIR}")
+                what = signal.Signals(caught["signal"]).name if caught["signal"] else "another process's signal"
+                raise Interrupted(f"{what} at step {done}: checkpoint saved in {run_dir / CKPT_DIR}")
     bar.close()
     if writer:
         writer.close()
-    if accelerator.is_main_process:
-        final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),
-                                                                   "global_step": step, "config": cfg.to_dict()}})
-        for name, state in final(raw_model, tc.steps).items():
-            atomic_torch_save(run_dir / name, state)
+    if zero == 3:  # hand the main process a plain model with whole parameters
+        weights = accelerator.get_state_dict(model)
+        model.destroy()  # removes ZeRO-3's parameter-gathering hooks
+        if accelerator.is_main_process:
+            for name, p in raw_model.named_parameters():
+                p.data = weights[name].to(p.device)
+    if world > 1:  # no collective after this: part cleanly (gloo aborts a process that exits without)
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+    if not accelerator.is_main_process:
+        raise OtherProcessDone()
+    final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),
+                                                               "global_step": step, "config": cfg.to_dict()}})
+    for name, state in final(raw_model, tc.steps).items():
+        atomic_torch_save(run_dir / name, state)
     elapsed = time.perf_counter() - t0
     final = history[-1] if history else {}
     return {"steps": tc.steps, "final_loss": final.get("loss"), "final_val_loss": final.get("val_loss"),

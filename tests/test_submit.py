@@ -32,6 +32,7 @@ def study(tmp_path, seeds=(0, 1), **sections):
     ({"defaults": {"mem_gb": "lots"}}, "defaults.mem_gb: expected a number, got 'lots'"),
     ({"sbatch": {"dependency": "afterok:1"}}, "sbatch.dependency: is set by cccad submit"),
     ({"array_parallelism": 0}, "array_parallelism: must be at least 1"),
+    ({"stages": {"collect": {"processes": 2}}}, "stages.collect.processes: this stage does not train"),
 ])
 def test_bad_profile_is_refused_naming_file_and_key(tmp_path, profile, message):
     path = write_yaml(tmp_path / "profile.yaml", profile)
@@ -63,8 +64,8 @@ def cluster(tmp_path_factory):
     stop_cluster(env)
 
 
-def submit(env, study_file, runs, *extra) -> str:
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "submit", str(study_file), "--cluster", str(LOCAL),
+def submit(env, study_file, runs, *extra, profile=LOCAL) -> str:
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "submit", str(study_file), "--cluster", str(profile),
                            "--runs", str(runs), *extra], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -170,3 +171,28 @@ def test_requeued_training_task_resumes_to_the_uninterrupted_result(cluster, tmp
         a.pop("samples_per_s"), b.pop("samples_per_s")
         assert a == pytest.approx(b, rel=1e-6), (a, b)
     assert requeued["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-6)
+
+
+@pytest.mark.slurm
+def test_zero2_training_task_runs_as_two_slurm_tasks_matching_one_process(cluster, tmp_path):
+    env = cluster
+    sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
+                          "variants": {"AD": {}}}, "train": {**TINY["train"], "strategy": "zero2"}}
+    study_file = write_yaml(tmp_path / "study.yaml", {**TINY, **sections})
+    profile = write_yaml(tmp_path / "two.yaml", {"extends": str(LOCAL), "stages": {"train": {"processes": 2}}})
+    cccad("local", study_file, "--runs", tmp_path / "one", "train.strategy=ddp")  # one process
+    submit(env, study_file, tmp_path / "runs", profile=profile)
+    wait_idle(env)
+    assert status(env, study_file, tmp_path / "runs")["train-AD-darkroom-seed0"]["state"] == "done"
+    record = json.loads(next((tmp_path / "runs" / "tiny" / ".submit").glob("*.json")).read_text())
+    job = next(a["tasks"]["train-AD-darkroom-seed0"] for a in record["arrays"] if a["name"] == "train-AD")
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job, "--format=JobID,NTasks,State"], env=env,
+                           capture_output=True, text=True).stdout.split()
+    assert f"{job}.0|2|COMPLETED" in steps, steps  # the job step ran as 2 SLURM tasks
+    run_dir = tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0"
+    assert "train: done" in (run_dir / "log.txt").read_text() and (run_dir / "log.rank1.txt").is_file()
+    two = json.loads((run_dir / "metrics.json").read_text())["history"]
+    one = json.loads((tmp_path / "one" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["history"]
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)

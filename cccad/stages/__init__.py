@@ -7,6 +7,8 @@ cluster submitter treat them alike.
     PER_VARIANT  whether the stage runs once per study variant
     FAMILIES     the env families it runs for ("darkroom", "atari"); a study runs, for each env,
                  the listed stages of that env's family
+    TRAINS       whether it trains through the training loop, and so may run as several
+                 processes (DDP or ZeRO); stages that do not run as one process
     decided_by(cfg)             the config subset that decides the outputs (its hash stamps them)
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict

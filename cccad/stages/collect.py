@@ -17,6 +17,7 @@ NEEDS: tuple = ()
 INPUT_KEYS: dict = {}
 PER_VARIANT = False
 FAMILIES = ("darkroom", "atari")
+TRAINS = False
 KIND = "learning_histories"
 ATARI_KIND = "atari_transitions"
 DATASET = "dataset"

@@ -23,6 +23,7 @@ NEEDS = ("train",)
 INPUT_KEYS = {"train": ("evaluate.checkpoint", ".")}
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
+TRAINS = False
 
 
 def decided_by(cfg: Config) -> dict:

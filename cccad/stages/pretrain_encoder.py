@@ -27,6 +27,7 @@ NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
 PER_VARIANT = False
 FAMILIES = ("darkroom",)
+TRAINS = True
 PRETRAINED_FILE = "encoder-pretrained-final.pt"
 SEED_KEYS = ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict", "global_step", "config")
 # train keys that only the action-prediction stage uses, and decoder-only model keys

@@ -29,6 +29,7 @@ NEEDS = ("collect", "train")
 INPUT_KEYS = {"collect": ("probe.dataset", "dataset"), "train": ("probe.checkpoint", ".")}
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
+TRAINS = True
 PLOT = "probe_accuracy.png"
 
 

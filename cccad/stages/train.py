@@ -23,6 +23,7 @@ INPUT_KEYS = {"collect": ("train.dataset", "dataset"),
               "pretrain_encoder": ("train.pretrained_encoder_path", PRETRAINED_FILE)}
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
+TRAINS = True
 COMPRESSION_KEYS = ("recent_len", "n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer")
 # config the pre-trained encoder must share with this model beyond what tensor shapes show
 ENCODER_CONFIG = ("env.name", "env.size", "model.n_head", "model.chunk_len")

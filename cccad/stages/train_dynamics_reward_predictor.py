@@ -13,6 +13,7 @@ NEEDS = reward_probe.NEEDS
 INPUT_KEYS = reward_probe.INPUT_KEYS
 PER_VARIANT = False
 FAMILIES = ("atari",)
+TRAINS = True
 FOLDER = "dynamics_reward_predictor"
 preflight = reward_probe.preflight
 

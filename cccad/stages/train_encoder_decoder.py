@@ -17,6 +17,7 @@ NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
+TRAINS = True
 WEIGHTS = world.ENCODERS["encoder_decoder"]
 PARTS = ("encoder", "predictor", "decoder")
 GRID = "decoded_frames.png"

@@ -26,6 +26,7 @@ NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
+TRAINS = True
 WEIGHTS = world.ENCODERS["jepa"]
 PARTS = ("encoder", "predictor", "target_encoder")
 

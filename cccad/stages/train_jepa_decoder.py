@@ -20,6 +20,7 @@ NEEDS = ("collect", "train_jepa")
 INPUT_KEYS = {"collect": ("train.dataset", "dataset"), "train_jepa": ("world_model.jepa_run", ".")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
+TRAINS = True
 WEIGHTS = "weights/jepa_decoder/model.pt"
 GRID = "decoded_frames.png"
 

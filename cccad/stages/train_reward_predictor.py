@@ -27,6 +27,7 @@ INPUT_KEYS = {"collect": ("train.dataset", "dataset"),
               "train_jepa": ("world_model.jepa_run", ".")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
+TRAINS = True
 PLOT = "reward_mse.png"
 FOLDER = "reward_predictor"  # weights/<encoder>/reward_predictor/model.pt
 
