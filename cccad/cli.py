@@ -141,15 +141,23 @@ def main(argv=None) -> int:
     if rest:
         args.overrides = args.overrides + rest
     try:
-        return args.func(args)
+        code = args.func(args)
     except USER_ERRORS as e:
         print(f"cccad: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except OtherProcessDone:
-        return 0
+        code = 0
     except Interrupted as e:
         print(f"cccad: interrupted: {e}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a process of a distributed run: its files are written and closed. torch.distributed and
+        # DeepSpeed can leave C++ threads that abort the interpreter's own exit (SIGABRT), which
+        # would read as a failure: end here, with the run's exit code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

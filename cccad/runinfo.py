@@ -2,6 +2,7 @@
 its metrics.json, stamped with the config hash that the study runner checks before skipping it."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -21,9 +22,19 @@ PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_bas
 METRICS = "metrics.json"
 
 
+# how a stage runs, not what it makes: not part of a run's identity (a study finished under DDP is
+# not redone for ZeRO-2; a checkpoint records its strategy and is refused by another)
+HOW_NOT_WHAT = ("train.strategy",)
+
+
 def run_hash(cfg: Config, stage: str) -> str:
     """The hash of what decides a stage's outputs (the stage's `decided_by`)."""
-    return config_hash(STAGES[stage].decided_by(cfg))
+    decided = copy.deepcopy(STAGES[stage].decided_by(cfg))
+    for key in HOW_NOT_WHAT:
+        section, _, name = key.partition(".")
+        if isinstance(decided.get(section), dict):
+            decided[section].pop(name, None)
+    return config_hash(decided)
 
 
 def git_commit() -> dict:

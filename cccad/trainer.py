@@ -36,7 +36,8 @@ CKPT_DIR = "checkpoints"
 FINAL_MODEL = "model.pt"
 # a checkpoint resumes only under the same config as far as it decides the weights (the stage's
 # `decided_by`), less the dataset path (the data is checked by its own hash) and the cadence
-RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches")
+# (and the strategy, which the checkpoint records and checks itself)
+RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches", "strategy")
 
 
 def resume_hash(decided_by: dict) -> str:

@@ -22,6 +22,10 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     cfg = write_yaml(root / "tiny.yaml", TINY)
     cccad("run", "collect", "-c", cfg, "--out", root / "collect")
+    # DeepSpeed compiles its CPU communication op on first use (about 40 s): once, here, rather
+    # than in two processes at once inside a test
+    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                   check=True, capture_output=True, timeout=600)
     return cfg, root / "collect" / "dataset"
 
 
@@ -104,3 +108,20 @@ def test_stage_that_does_not_train_refuses_several_processes(dataset, tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "stage collect runs as one process" in proc.stderr, proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_strategy_is_how_not_what(dataset, tmp_path):
+    """A run made under DDP counts as done for ZeRO-2 (same results), but its checkpoint is not
+    resumed under another strategy."""
+    from cccad.config import load_config
+    from cccad.runinfo import run_hash
+
+    cfg, data = dataset
+    assert run_hash(load_config(cfg, ["train.strategy=ddp"]), "train") == run_hash(load_config(cfg, ["train.strategy=zero2"]), "train")
+    assert run_hash(load_config(cfg), "train") != run_hash(load_config(cfg, ["train.lr=0.01"]), "train")
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"train.dataset={data}", *STEPS)
+    (tmp_path / "run" / "model.pt").unlink()
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"train.dataset={data}",
+                 "train.strategy=zero3", *STEPS, check=False)
+    assert proc.returncode == 2 and "written under train.strategy=ddp by 1 processes; this run is zero3" in proc.stderr, \
+        proc.stderr

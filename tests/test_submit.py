@@ -12,6 +12,8 @@ from conftest import ROOT, TINY, cccad, start_cluster, stop_cluster, write_yaml
 
 LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
 VARIANTS = ("AD", "CompressedAD-random", "CompressedAD-finetuned", "CompressedAD-frozen")
+FULL_VARIANTS = yaml.safe_load((ROOT / "configs" / "studies" / "full.yaml").read_text())["study"]["variants"]
+TWO = ("AD", "CompressedAD-finetuned")
 # the Darkroom graph, written out: array -> the arrays it waits for (aftercorr)
 GRAPH = {"collect": [], "pretrain_encoder": ["collect"],
          **{f"train-{v}": ["collect"] + (["pretrain_encoder"] if v.endswith(("finetuned", "frozen")) else [])
@@ -20,9 +22,9 @@ GRAPH = {"collect": [], "pretrain_encoder": ["collect"],
          **{f"probe-{v}": ["collect", f"train-{v}"] for v in VARIANTS}}
 
 
-def study(tmp_path, seeds=(0, 1), **sections):
-    return write_yaml(tmp_path / "study.yaml", {**TINY, "study": {"name": "tiny", "envs": ["darkroom"],
-                                                                  "seeds": list(seeds)}, **sections})
+def study(tmp_path, seeds=(0, 1), variants=None, **sections):
+    st = {"name": "tiny", "envs": ["darkroom"], "seeds": list(seeds), **({"variants": variants} if variants else {})}
+    return write_yaml(tmp_path / "study.yaml", {**TINY, "study": st, **sections})
 
 
 @pytest.mark.parametrize("profile, message", [
@@ -104,7 +106,9 @@ def scontrol_jobs(env, job_id) -> list[dict]:
 @pytest.mark.slurm
 def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster, tmp_path):
     env, runs = cluster, tmp_path / "runs"
-    study_file = study(tmp_path)
+    # two of the four variants (one plain, one waiting for pretrain_encoder): the same graph, less time
+    study_file = study(tmp_path, variants={v: FULL_VARIANTS[v] for v in TWO})
+    graph = {name: needs for name, needs in GRAPH.items() if not any(v in name for v in set(VARIANTS) - set(TWO))}
     # seed 1's pretraining finds a corrupt checkpoint in its run folder and fails
     corrupt = runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "checkpoints" / "step-00000010.pt"
     corrupt.parent.mkdir(parents=True)
@@ -113,17 +117,17 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
     (record_file,) = (runs / "tiny" / ".submit").glob("*.json")
     record = json.loads(record_file.read_text())
     ids = {a["name"]: a["job_id"] for a in record["arrays"]}
-    assert sorted(ids) == sorted(GRAPH) and len(set(ids.values())) == 14
+    assert sorted(ids) == sorted(graph) and len(set(ids.values())) == 8
     for name, job_id in ids.items():  # what SLURM itself holds, read before the first array ends
         tasks = scontrol_jobs(env, job_id)
         assert sorted(i for t in tasks for i in task_ids(t["ArrayTaskId"])) == [0, 1], (name, tasks)
         assert all(t["JobName"] == f"tiny:{name}" for t in tasks)
         deps = {t.get("Dependency", "(null)") for t in tasks}
-        wanted = ",".join(f"aftercorr:{ids[n]}_*(unfulfilled)" for n in GRAPH[name]) or "(null)"
+        wanted = ",".join(f"aftercorr:{ids[n]}_*(unfulfilled)" for n in graph[name]) or "(null)"
         assert deps == {wanted}, (name, deps, wanted)
     wait_idle(env)
     rows = status(env, study_file, runs)
-    needs_pretrain = {"CompressedAD-finetuned", "CompressedAD-frozen"}
+    needs_pretrain = {"CompressedAD-finetuned"}
     for name, row in rows.items():
         if name.endswith("seed0") or not (name.startswith("pretrain") or any(v in name for v in needs_pretrain)):
             assert row["state"] == "done", row
@@ -135,7 +139,7 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
 
     corrupt.unlink()  # the fault fixed: resubmitting runs seed 1's missing chain only
     out = submit(env, study_file, runs)
-    assert "28 tasks, 7 to submit in 7 arrays" in out, out
+    assert "16 tasks, 4 to submit in 4 arrays" in out, out
     wait_idle(env)
     assert {r["state"] for r in status(env, study_file, runs).values()} == {"done"}
     out = submit(env, study_file, runs)
@@ -196,3 +200,30 @@ def test_zero2_training_task_runs_as_two_slurm_tasks_matching_one_process(cluste
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+
+
+@pytest.mark.slurm
+def test_task_past_its_time_limit_is_requeued_and_finishes(cluster, tmp_path):
+    """A 1-minute limit, USR2 30 s before it: the training loop saves a checkpoint on USR2,
+    submitit requeues the task, the rerun resumes (and is signalled 30 s after its own start).
+    Sized from this machine's measured speed to need about 30 s of training: more than one run
+    gives (30 s less Python's and the stage's start), so at least one requeue."""
+    env = cluster
+    sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
+                          "variants": {"AD": {}}}}
+    probe = write_yaml(tmp_path / "probe.yaml", {**TINY, **sections, "train": {**TINY["train"], "steps": 400}})
+    cccad("local", probe, "--runs", tmp_path / "speed")
+    rate = json.loads((tmp_path / "speed" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["samples_per_s"]
+    steps = max(100, int(30 * rate / TINY["train"]["batch_size"]) // 20 * 20)
+    sections["train"] = {**TINY["train"], "steps": steps, "checkpoint_every": 1000, "log_every": 20, "val_every": steps}
+    study_file = write_yaml(tmp_path / "study.yaml", {**TINY, **sections})
+    profile = write_yaml(tmp_path / "short.yaml", {"extends": str(LOCAL), "max_requeues": 15, "signal_delay_s": 30,
+                                                   "stages": {"train": {"time_min": 1}}})
+    submit(env, study_file, tmp_path / "runs", profile=profile)
+    wait_idle(env, timeout=900)
+    row = status(env, study_file, tmp_path / "runs")["train-AD-darkroom-seed0"]
+    assert row["state"] == "done" and int(row["requeues"]) >= 1, row
+    log = (tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0" / "log.txt").read_text()
+    assert "cccad: interrupted: SIGUSR2 at step" in log and "resumed from" in log, log[-2000:]
+    history = json.loads((tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["history"]
+    assert [r["step"] for r in history] == [1] + list(range(20, steps + 1, 20))
