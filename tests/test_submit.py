@@ -204,21 +204,22 @@ def test_zero2_training_task_runs_as_two_slurm_tasks_matching_one_process(cluste
 
 @pytest.mark.slurm
 def test_task_past_its_time_limit_is_requeued_and_finishes(cluster, tmp_path):
-    """A 1-minute limit, USR2 30 s before it: the training loop saves a checkpoint on USR2,
-    submitit requeues the task, the rerun resumes (and is signalled 30 s after its own start).
-    Sized from this machine's measured speed to need about 30 s of training: more than one run
-    gives (30 s less Python's and the stage's start), so at least one requeue."""
+    """A 2-minute limit, USR2 60 s before it: the training loop saves a checkpoint on USR2,
+    submitit requeues the task, the rerun resumes (and is signalled 60 s after its own start).
+    Sized from the training speed measured in a job just before to need about 90 s of training,
+    more than one run gives (60 s less its start-up), so at least one requeue."""
     env = cluster
     sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
                           "variants": {"AD": {}}}}
     probe = write_yaml(tmp_path / "probe.yaml", {**TINY, **sections, "train": {**TINY["train"], "steps": 400}})
-    cccad("local", probe, "--runs", tmp_path / "speed")
+    submit(env, probe, tmp_path / "speed")  # the training speed in a job, as the test's job will see it
+    wait_idle(env)
     rate = json.loads((tmp_path / "speed" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["samples_per_s"]
-    steps = max(100, int(30 * rate / TINY["train"]["batch_size"]) // 20 * 20)
+    steps = max(100, int(90 * rate / TINY["train"]["batch_size"]) // 20 * 20)
     sections["train"] = {**TINY["train"], "steps": steps, "checkpoint_every": 1000, "log_every": 20, "val_every": steps}
     study_file = write_yaml(tmp_path / "study.yaml", {**TINY, **sections})
-    profile = write_yaml(tmp_path / "short.yaml", {"extends": str(LOCAL), "max_requeues": 15, "signal_delay_s": 30,
-                                                   "stages": {"train": {"time_min": 1}}})
+    profile = write_yaml(tmp_path / "short.yaml", {"extends": str(LOCAL), "max_requeues": 15, "signal_delay_s": 60,
+                                                   "stages": {"train": {"time_min": 2}}})
     submit(env, study_file, tmp_path / "runs", profile=profile)
     wait_idle(env, timeout=900)
     row = status(env, study_file, tmp_path / "runs")["train-AD-darkroom-seed0"]
