@@ -20,6 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 smoke: install
 	$(VENV)/bin/cccad local configs/studies/smoke.yaml
 	$(VENV)/bin/cccad local configs/studies/worldmodel_smoke.yaml
+	@echo "reports: runs/smoke/report/report.md runs/worldmodel_smoke/report/report.md"
 
 test: install
 	$(PY) -m pytest -q tests

@@ -12,6 +12,7 @@ from cccad.cluster import ClusterError
 from cccad.config import ConfigError, dump_yaml, load_config
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
+from cccad.report import write_report
 from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
 from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted, OtherProcessDone
@@ -68,7 +69,13 @@ def cmd_local(args) -> int:
     for name in failed:
         print(f"  {status[name]}: {name}")
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")
+    print(f"report: {write_report(args.study, args.overrides, args.runs)}")
     return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    print(f"report: {write_report(args.study, args.overrides, args.runs)}")
+    return 0
 
 
 def cmd_submit(args) -> int:
@@ -94,8 +101,15 @@ def cmd_status(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes get one line, like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cccad", description="In-context RL and world-model studies, "
+    p = Parser(prog="cccad", description="In-context RL and world-model studies, "
                                 "locally (cccad local) or one stage at a time (cccad run).")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run one stage", description="Run one stage with a config file and "
@@ -124,6 +138,10 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--cluster", required=True, help="cluster profile, e.g. slurm/profiles/local.yaml")
     sb.add_argument("--dry-run", action="store_true", help="print the arrays, sizes, dependencies and "
                     "resources without submitting")
+    study_command("report", cmd_report, "write the study's report (tables and plots) from its runs",
+                  "Gather every run's metrics, manifest and TensorBoard scalars into runs/<study>/report/report.md "
+                  "with PNG plots: mean and 95% interval over seeds per env and variant, and every run that is "
+                  "not complete named.")
     study_command("status", cmd_status, "each task's state: done, running, pending, failed ...",
                   "One row per task of a study (give the overrides it was submitted with): its state from the "
                   "run folders and SLURM (done, running, pending, failed with its logs, blocked by a failed "

@@ -83,8 +83,10 @@ class Profile:
 
     def check(self, err):
         for name, res in self.stages.items():
-            if name not in STAGES:
-                err(f"stages.{name}", f"unknown stage (known: {', '.join(STAGES)})")
+            if name not in STAGES and name != "report":
+                err(f"stages.{name}", f"unknown stage (known: {', '.join(STAGES)}, report)")
+            elif name == "report" and res.nodes * res.processes > 1:
+                err(f"stages.{name}.processes", "the report runs as one process on one node")
             elif res.nodes * res.processes > 1 and not STAGES[name].TRAINS:
                 err(f"stages.{name}.processes", "this stage does not train: it runs as one process on one node")
         if self.defaults.nodes * self.defaults.processes > 1:
@@ -171,6 +173,11 @@ def describe(arrays: list[Array], profile: Profile, job_ids: dict[str, str] | No
         ident = f" job {job_ids[a.name]}" if job_ids else ""
         lines.append(f"{a.name:{width}}  {len(a.tasks):5}  {a.resources.describe()}{ident}")
         lines.append(f"{'':{width}}         {' '.join(a.sbatch_options(profile, job_ids))}")
+    report = job_ids.get("report") if job_ids else None
+    lines.append(f"{'report':{width}}      1  {profile.resources('report').describe()}"
+                 + (f" job {report}" if report else ""))
+    lines.append(f"{'':{width}}         --dependency=afterany:" + ":".join(
+        (job_ids or {}).get(a.name, f"<{a.name}>") for a in arrays) + "  (cccad report, once every array has ended)")
     rows = [f"{i}: {t.env} seed {t.seed}" for i, t in enumerate(arrays[0].tasks)]
     lines.append(f"array task index -> row ({arrays[0].name}): " + ", ".join(rows))
     return lines
@@ -225,6 +232,20 @@ class StageJob:
         return submitit.helpers.DelayedSubmission(StageJob(*self.args))
 
 
+class ReportJob:
+    """The study's last job: `cccad report` once every array has ended, however it ended."""
+
+    def __init__(self, study_file: str, overrides: list[str], runs_root: str):
+        self.args = (study_file, list(overrides), runs_root)
+
+    def __call__(self) -> str:
+        from cccad.report import write_report
+
+        path = write_report(*self.args)
+        print(f"report: {path}", flush=True)
+        return str(path)
+
+
 def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: str, dry_run: bool,
            log=print) -> list[Array]:
     profile = load_profile(profile_path)
@@ -246,26 +267,31 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
     record = {"study": str(study_file), "overrides": list(overrides), "profile": str(profile_path),
               "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "arrays": []}
     job_ids: dict[str, str] = {}
-    for array in arrays:
-        res = array.resources
-        executor = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
-                                          python=profile.python())
-        extra = dict(profile.sbatch)
-        if array.needs:
-            extra["kill-on-invalid-dep"] = "yes"
-        executor.update_parameters(
-            job_name=f"{base.study.name}:{array.name}", partition=profile.partition, account=profile.account,
+
+    def executor(res: Resources, name: str, dependency: str, **extra):
+        ex = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
+                                    python=profile.python())
+        ex.update_parameters(
+            job_name=f"{base.study.name}:{name}", partition=profile.partition, account=profile.account,
             qos=profile.qos, time=res.time_min, nodes=res.nodes, ntasks_per_node=res.processes,
             cpus_per_task=res.cpus_per_task, gpus_per_task=res.gpus_per_task or None, mem=f"{int(res.mem_gb * 1024)}M",
-            signal_delay_s=profile.signal_delay_s, array_parallelism=profile.array_parallelism,
-            dependency=f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
-            additional_parameters=extra)
-        with executor.batch():
-            jobs = [executor.submit(StageJob(str(study_file), overrides, str(runs_root), t.name)) for t in array.tasks]
+            signal_delay_s=profile.signal_delay_s, dependency=dependency,
+            array_parallelism=profile.array_parallelism, additional_parameters={**profile.sbatch, **extra})
+        return ex
+
+    for array in arrays:
+        ex = executor(array.resources, array.name,
+                      f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
+                      **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
+        with ex.batch():
+            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name)) for t in array.tasks]
         job_ids[array.name] = jobs[0].job_id.split("_")[0]
         record["arrays"].append({"name": array.name, "stage": array.stage, "job_id": job_ids[array.name],
                                  "tasks": {t.name: j.job_id for t, j in zip(array.tasks, jobs)},
                                  "needs": [a.name for a in array.needs]})
+    report = executor(profile.resources("report"), "report", "afterany:" + ":".join(job_ids.values())).submit(
+        ReportJob(str(study_file), overrides, str(runs_root)))
+    job_ids["report"] = record["report_job"] = report.job_id
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{job_ids[arrays[0].name]}"
     atomic_write_text(root / ".submit" / f"{stamp}.json", json.dumps(record, indent=1))
     for line in describe(arrays, profile, job_ids):

@@ -36,14 +36,34 @@ def _save(fig, path: Path) -> None:
 
 
 def bar_plot(path: Path, bars: dict[str, float], title: str, ylabel: str, hline: float | None = None,
-             hline_label: str = "") -> None:
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.bar(list(bars), list(bars.values()), color="tab:blue")
+             hline_label: str = "", errors: dict[str, float] | None = None) -> None:
+    """Bars, with error bars where `errors` gives a half-width, and a dashed reference line."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bars)), 4), dpi=100)
+    yerr = [(errors or {}).get(k) or 0 for k in bars] if errors else None
+    ax.bar(list(bars), list(bars.values()), yerr=yerr, capsize=4, color="tab:blue")
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1, label=hline_label)
         ax.legend()
     ax.set(title=title, ylabel=ylabel)
+    if len(bars) > 3:
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def band_plot(path: Path, curves: dict[str, tuple], title: str, xlabel: str, ylabel: str,
+              hline: float | None = None) -> None:
+    """One line per label with a shaded band: curves[label] = (x, mean, low, high)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, (x, mean, low, high) in curves.items():
+        (line,) = ax.plot(x, mean, label=label)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 

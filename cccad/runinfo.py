@@ -20,6 +20,7 @@ from cccad.stages import STAGES
 PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_baselines3", "gymnasium",
             "ale_py", "tensorboard", "PyYAML", "transformers")
 METRICS = "metrics.json"
+MANIFEST = "manifest.json"
 
 
 # how a stage runs, not what it makes: not part of a run's identity (a study finished under DDP is
@@ -71,7 +72,7 @@ def image_build() -> dict | None:
 
 
 def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
-    atomic_write_json(run_dir / "manifest.json", {
+    atomic_write_json(run_dir / MANIFEST, {
         "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg, stage),
         "packages": package_versions(), "python": sys.version.split()[0], "host": socket.gethostname(),
         "platform": platform.platform(), "container_image": os.environ.get("CCCAD_IMAGE"),
@@ -87,6 +88,14 @@ def write_metrics(run_dir: Path, cfg: Config, stage: str, metrics: dict) -> None
 def remove_metrics(run_dir: Path) -> None:
     (Path(run_dir) / METRICS).unlink(missing_ok=True)
     fsync_dir(Path(run_dir))
+
+
+def unreadable_metrics(run_dir: Path) -> str | None:
+    """Why a run's metrics.json, which exists, cannot be read (its run is then not complete)."""
+    path = Path(run_dir) / METRICS
+    if path.is_file() and read_metrics(run_dir) is None:
+        return f"{path}: not valid JSON (truncated or corrupt); the run is redone"
+    return None
 
 
 def read_metrics(run_dir: Path) -> dict | None:

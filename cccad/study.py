@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
 from cccad.fs import atomic_write_text
-from cccad.runinfo import read_metrics, run_hash
+from cccad.runinfo import read_metrics, run_hash, unreadable_metrics
 from cccad.stages import STAGES
 
 
@@ -152,7 +152,7 @@ def run_local(tasks: list[Task], log=print) -> dict[str, str]:
             status[task.name] = "cached"
             log(f"{'[cached]':10}{task.name}")
             continue
-        log(f"{'[run]':10}{task.name}")
+        log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
         t0 = time.perf_counter()
         with task_log(task) as logf:
             rc = subprocess.call(task_command(task), stdout=logf, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ a checkpoint there and raise `Interrupted`: the rerun resumes from that step exa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -207,6 +208,13 @@ def _set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def probe_fit_config(cfg: Config) -> Config:
+    """Heads on frozen nets train with the probe section's steps, batch and lr, constant lr."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, steps=cfg.probe.steps, batch_size=cfg.probe.batch_size, lr=cfg.probe.lr,
+        num_warmup_steps=0, schedule="constant", weight_decay=0.0))
 
 
 def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:

@@ -26,6 +26,26 @@ TINY = {
     "probe": {"steps": 40, "val_samples": 64},
 }
 
+# the smoke world-model study, smaller still: seconds per stage
+WORLD_SMALL = {
+    "extends": str(CONFIGS / "studies" / "worldmodel_smoke.yaml"),
+    "study": {"name": "wm"},
+    "atari": {"episodes": 5, "max_episode_steps": 120, "n_envs": 2, "val_fraction": 0.4},
+    "world_model": {"latent_dim": 32, "channels": [8, 16, 16, 32], "predictor_hidden": 64, "reward_hidden": 32},
+    "train": {"steps": 120, "batch_size": 16, "lr": 0.001, "num_warmup_steps": 10, "checkpoint_every": 40,
+              "log_every": 10, "val_every": 40},
+    "probe": {"steps": 100, "batch_size": 16, "val_samples": 128},
+}
+
+
+@pytest.fixture(scope="session")
+def world_study(tmp_path_factory):
+    """The whole WORLD_SMALL graph, run once by `cccad local`: (study file, study folder, process)."""
+    root = tmp_path_factory.mktemp("wm")
+    file = write_yaml(root / "wm.yaml", WORLD_SMALL)
+    proc = cccad("local", file, "--runs", root / "runs")
+    return file, root / "runs" / "wm", proc
+
 
 def write_yaml(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

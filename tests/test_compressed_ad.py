@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from cccad.config import ModelConfig, load_config
+from cccad.config import ModelConfig
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.ad import ADTransformer
 from cccad.models.compressed_ad import CompressedAD
@@ -96,7 +96,7 @@ def test_pretraining_loss_falls_and_correlation_rises(pretrained):
 
 def test_curriculum_draws_only_the_allowed_depths_of_each_phase(pretrained):
     m = json.loads((pretrained[2] / "metrics.json").read_text())
-    drawn = m["samples_per_depth_drawn"]
+    drawn = m["samples_per_depth_drawn_this_process"]
     for phase, allowed in zip(drawn, [{"1"}, {"1", "2"}, {"1", "2", "3"}]):
         used = {d for d, n in phase.items() if n}
         assert used == allowed, (phase, allowed)  # every allowed depth drawn, no other

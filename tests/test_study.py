@@ -1,4 +1,7 @@
 import json
+import re
+
+import numpy as np
 
 from conftest import TINY, cccad, write_yaml
 
@@ -26,6 +29,19 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     c1 = json.loads((root / "collect-darkroom-seed1" / "metrics.json").read_text())["return_curve"]
     assert c0 != c1
 
+    # the report: mean and 95% interval over both seeds, as a reader would compute them
+    report_file = root / "report" / "report.md"
+    assert proc.stdout.splitlines()[-1] == f"report: {report_file}"
+    finals = [json.loads((root / f"evaluate-AD-darkroom-seed{s}" / "metrics.json").read_text())["final_normalised_return"]
+              for s in (0, 1)]
+    half = 12.706 * np.std(finals, ddof=1) / np.sqrt(2)  # Student t, 1 degree of freedom
+    report = report_file.read_text()
+    assert f"| darkroom | AD | 2/2 | {np.mean(finals):.3f} ± {half:.3f} |" in report, report
+    assert "6 of 6 runs complete." in report
+    for plot in ("in_context-darkroom.png", "loss-train-darkroom.png", "collect-darkroom.png"):
+        assert f"]({plot})" in report and (root / "report" / plot).stat().st_size > 5000
+    assert re.search(r"Code of the complete runs: `[0-9a-f]{12}(\+dirty)?` \(6 runs\)", report)
+
     again = cccad("local", study, "--runs", runs)
     assert again.stdout.count("[cached]") == 6 and "[run]" not in again.stdout
 
@@ -44,6 +60,12 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     assert "[blocked] evaluate-AD-darkroom-seed1" in proc.stdout
     assert "[cached]  collect-darkroom-seed1" in proc.stdout
     assert f"{latest}: unreadable checkpoint" in (train1 / "log.txt").read_text()
+    # the report averages the one complete seed, says so, and names the two runs missing
+    report = report_file.read_text()
+    assert f"| darkroom | AD | 1/2 | {finals[0]:.3f} |" in report
+    assert f"- `train-AD-darkroom-seed1`: incomplete: started and did not finish; see {train1 / 'log.txt'}" in report
+    assert "- `evaluate-AD-darkroom-seed1`: blocked: needs train-AD-darkroom-seed1" in report
+    assert "4 of 6 runs complete." in report
 
 
 def test_harder_envs_run_through_the_same_stages(tmp_path):

@@ -54,6 +54,8 @@ def test_dry_run_lists_one_array_per_stage_and_variant_with_the_graph(tmp_path):
         found[name] = [d.strip("<>") for d in dep.group(1).split(":")] if dep else []
     assert found == GRAPH, found
     assert "0: darkroom seed 0, 1: darkroom seed 1" in out
+    report = re.search(r"^report\s+1  .*\n\s+--dependency=afterany:(\S+)", out, re.M)
+    assert report and sorted(d.strip("<>") for d in report.group(1).split(":")) == sorted(GRAPH)
     assert not (tmp_path / "runs" / "tiny" / ".submit").exists()  # nothing submitted
 
 
@@ -125,6 +127,8 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
         deps = {t.get("Dependency", "(null)") for t in tasks}
         wanted = ",".join(f"aftercorr:{ids[n]}_*(unfulfilled)" for n in graph[name]) or "(null)"
         assert deps == {wanted}, (name, deps, wanted)
+    (report_job,) = scontrol_jobs(env, record["report_job"])  # the report waits for every array, however it ends
+    assert sorted(re.findall(r"afterany:(\d+)_\*", report_job["Dependency"])) == sorted(ids.values()), report_job
     wait_idle(env)
     rows = status(env, study_file, runs)
     needs_pretrain = {"CompressedAD-finetuned"}
@@ -136,12 +140,17 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
     assert "unreadable checkpoint" in (runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "log.txt").read_text()
     blocked = [n for n, r in rows.items() if r["state"] == "blocked"]
     assert sorted(blocked) == sorted(f"{s}-{v}-darkroom-seed1" for s in ("train", "evaluate", "probe") for v in needs_pretrain)
+    report = (runs / "tiny" / "report" / "report.md").read_text()  # written by the study's last job
+    assert "- `pretrain-encoder-darkroom-seed1`: incomplete: started and did not finish" in report
+    assert "- `train-CompressedAD-finetuned-darkroom-seed1`: blocked: needs pretrain-encoder-darkroom-seed1" in report
+    assert "| darkroom | AD | 2/2 |" in report and "| darkroom | CompressedAD-finetuned | 1/2 |" in report
 
     corrupt.unlink()  # the fault fixed: resubmitting runs seed 1's missing chain only
     out = submit(env, study_file, runs)
     assert "16 tasks, 4 to submit in 4 arrays" in out, out
     wait_idle(env)
     assert {r["state"] for r in status(env, study_file, runs).values()} == {"done"}
+    assert "16 of 16 runs complete." in (runs / "tiny" / "report" / "report.md").read_text()
     out = submit(env, study_file, runs)
     assert "0 to submit" in out and "nothing to submit" in out
     assert len(list((runs / "tiny" / ".submit").glob("*.json"))) == 2

@@ -9,26 +9,12 @@ import torch
 from cccad.config import load_config
 from cccad.stages import train_jepa, train_jepa_decoder, train_reward_predictor, world
 from cccad.stages.collect import open_collected
-from cccad.trainer import fit
+from cccad.trainer import fit, probe_fit_config
 from conftest import CONFIGS, cccad, kill_after_checkpoint, write_yaml
 
-# the smoke world-model study, smaller still: seconds per stage
-SMALL = {"extends": str(CONFIGS / "studies" / "worldmodel_smoke.yaml"),
-         "study": {"name": "wm"},
-         "atari": {"episodes": 5, "max_episode_steps": 120, "n_envs": 2, "val_fraction": 0.4},
-         "world_model": {"latent_dim": 32, "channels": [8, 16, 16, 32], "predictor_hidden": 64, "reward_hidden": 32},
-         "train": {"steps": 120, "batch_size": 16, "lr": 0.001, "num_warmup_steps": 10, "checkpoint_every": 40,
-                   "log_every": 10, "val_every": 40},
-         "probe": {"steps": 100, "batch_size": 16, "val_samples": 128}}
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The whole world-model graph, run once by `cccad local`."""
-    root = tmp_path_factory.mktemp("wm")
-    file = write_yaml(root / "wm.yaml", SMALL)
-    proc = cccad("local", file, "--runs", root / "runs")
-    return file, root / "runs" / "wm", proc
+@pytest.fixture
+def study(world_study):
+    return world_study
 
 
 def run_config(study, name):
@@ -137,7 +123,7 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
             return obj.loss(obj.model.cpu().eval(), fixed)[0].item()
 
     before = fixed_loss()
-    fit(tmp_path, world.probe_fit_config(cfg), obj, log=lambda *_: None)
+    fit(tmp_path, probe_fit_config(cfg), obj, log=lambda *_: None)
     after = fixed_loss()
     assert after < before and after < floor, (before, after, floor)  # beyond the mean reward
 
@@ -186,7 +172,7 @@ def test_frozen_nets_stay_bit_identical_through_probe_training(study, tmp_path, 
         obj = train_reward_predictor.objective(cfg, data, dynamics=stage == "dynamics_reward")[0]
     frozen_before = {k: v.clone() for k, v in obj.frozen.state_dict().items()}
     trained_before = {k: v.clone() for k, v in obj.model.state_dict().items()}
-    fit(tmp_path, world.probe_fit_config(cfg), obj, log=lambda *_: None)
+    fit(tmp_path, probe_fit_config(cfg), obj, log=lambda *_: None)
     for k, v in obj.frozen.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k
     assert any(not torch.equal(v, trained_before[k]) for k, v in obj.model.state_dict().items())

@@ -35,6 +35,7 @@ def preflight(cfg: Config) -> None:
         raise ConfigError("evaluate.checkpoint: not set (a train run folder)")
     if not (Path(cfg.evaluate.checkpoint) / FINAL_MODEL).is_file():
         raise ConfigError(f"evaluate.checkpoint: no {FINAL_MODEL} in {cfg.evaluate.checkpoint}")
+    load_model(cfg, cfg.evaluate.checkpoint, torch.device("cpu"))  # refused here, before any work, if it does not fit
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:

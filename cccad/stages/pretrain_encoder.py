@@ -41,7 +41,7 @@ def decided_by(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> None:
-    require_dataset(cfg.train.dataset, "train.dataset")
+    require_dataset(cfg, cfg.train.dataset, "train.dataset")
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -127,6 +127,6 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         "final_val_correlation": val_rows[-1]["val_correlation"] if val_rows else None,
         "samples_per_depth_planned": [{str(d): n for d, n in p.items()} for p in planned],
         # drawn by this process: equals the plan unless the run resumed mid-way
-        "samples_per_depth_drawn": [{str(d): n for d, n in p.items()} for p in drawn],
+        "samples_per_depth_drawn_this_process": [{str(d): n for d, n in p.items()} for p in drawn],
     })
     return result

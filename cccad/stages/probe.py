@@ -7,7 +7,6 @@ rounding) and mean distance in cells, beside the constant guess of the mean trai
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from cccad.plots import line_plot
 from cccad.stages import train
 from cccad.stages.collect import open_collected, require_dataset
 from cccad.stages.evaluate import load_model
-from cccad.trainer import FINAL_MODEL, Objective, fit
+from cccad.trainer import FINAL_MODEL, Objective, fit, probe_fit_config
 
 NEEDS = ("collect", "train")
 INPUT_KEYS = {"collect": ("probe.dataset", "dataset"), "train": ("probe.checkpoint", ".")}
@@ -39,9 +38,10 @@ def decided_by(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> None:
-    require_dataset(cfg.probe.dataset, "probe.dataset")
+    require_dataset(cfg, cfg.probe.dataset, "probe.dataset")
     if not (Path(cfg.probe.checkpoint) / FINAL_MODEL).is_file():
         raise ConfigError(f"probe.checkpoint: no {FINAL_MODEL} in {cfg.probe.checkpoint or '(not set)'}")
+    load_model(cfg, cfg.probe.checkpoint, torch.device("cpu"))  # refused here, before any work, if it does not fit
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -86,6 +86,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     goals = torch.from_numpy(DarkroomTasks(cfg.env).tasks[np.asarray(ds["task_ids"])][:, -2:]).float()
     train_ids, val_ids = split_streams(n_streams, cfg.probe.val_fraction, cfg.seed)
     kinds = ["latent", "uncompressed"] if isinstance(frozen, CompressedAD) else ["uncompressed"]
+    torch.manual_seed(cfg.seed)  # the heads' initial weights
     heads = nn.ModuleDict({f"{k}_d{d}": PoolingHead(m.n_embd, 2) for k in kinds for d in depths})
 
     def windows(ids, rng, n, depth, part=slice(None)):
@@ -109,13 +110,9 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                 stats[f"mse_{kind}_d{d}"] = err.detach()
         return total, stats
 
-    torch.manual_seed(cfg.seed)
-    fit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=cfg.probe.steps, batch_size=cfg.probe.batch_size, lr=cfg.probe.lr,
-        num_warmup_steps=0, schedule="constant", weight_decay=0.0))
     log(f"goal probes on frozen {type(frozen).__name__}: {', '.join(heads)}; "
         f"{len(train_ids)} streams to train, {len(val_ids)} to score")
-    result = fit(run_dir, fit_cfg, Objective(heads, loss, batch, decided_by(cfg), tag="probe", frozen=frozen), log=log)
+    result = fit(run_dir, probe_fit_config(cfg), Objective(heads, loss, batch, decided_by(cfg), tag="probe", frozen=frozen), log=log)
 
     # score on held-out streams, beside the constant guess of the mean training goal
     heads = heads.to(device).eval()

@@ -38,12 +38,14 @@ def decided_by(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> None:
-    require_dataset(cfg.train.dataset, "train.dataset")
+    require_dataset(cfg, cfg.train.dataset, "train.dataset")
     path = cfg.train.pretrained_encoder_path
     if path.startswith("@"):
         raise ConfigError(f"train.pretrained_encoder_path: '{path}' names a study stage; outside a study give a file")
     if path and not Path(path).is_file():
         raise ConfigError(f"train.pretrained_encoder_path: no file {path}")
+    if path:  # refused here, before any work, if it does not fit
+        load_pretrained_encoder(build_model(cfg), cfg, log=lambda *_: None)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:

@@ -20,7 +20,6 @@ FAMILIES = ("atari",)
 TRAINS = True
 WEIGHTS = world.ENCODERS["encoder_decoder"]
 PARTS = ("encoder", "predictor", "decoder")
-GRID = "decoded_frames.png"
 
 
 def decided_by(cfg: Config) -> dict:
@@ -55,4 +54,4 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch, final=final), log=log)
     device = next(model.parameters()).device
     return {**result, **world.score_decoder(cfg, data, lambda b: decode_next(model, b), device,
-                                            Path(run_dir) / GRID, "encoder-decoder", log)}
+                                            Path(run_dir) / world.DECODED_FRAMES, "encoder-decoder", log)}

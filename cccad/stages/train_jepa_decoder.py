@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cccad.stages import world
 from cccad.config import Config
 from cccad.models.world_model import input_norm
-from cccad.trainer import Objective, fit
+from cccad.trainer import Objective, fit, probe_fit_config
 
 NEEDS = ("collect", "train_jepa")
 INPUT_KEYS = {"collect": ("train.dataset", "dataset"), "train_jepa": ("world_model.jepa_run", ".")}
@@ -22,7 +22,6 @@ PER_VARIANT = False
 FAMILIES = ("atari",)
 TRAINS = True
 WEIGHTS = "weights/jepa_decoder/model.pt"
-GRID = "decoded_frames.png"
 
 
 def decided_by(cfg: Config) -> dict:
@@ -34,7 +33,7 @@ def preflight(cfg: Config) -> None:
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
-    return (Path(run_dir) / WEIGHTS).is_file() and (Path(run_dir) / GRID).is_file()
+    return (Path(run_dir) / WEIGHTS).is_file() and (Path(run_dir) / world.DECODED_FRAMES).is_file()
 
 
 def objective(cfg: Config, data):
@@ -63,8 +62,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     obj, decode = objective(cfg, data)
     log(f"JEPA decoder probe: frozen encoder and predictor from {cfg.world_model.jepa_run}, "
         f"{sum(p.numel() for p in obj.model.parameters()):,} decoder parameters")
-    result = fit(run_dir, world.probe_fit_config(cfg), obj, log=log)
+    result = fit(run_dir, probe_fit_config(cfg), obj, log=log)
     obj.model.eval()  # scored with the input norm's running statistics
     device = next(obj.model.parameters()).device
-    return {**result, **world.score_decoder(cfg, data, decode, device, Path(run_dir) / GRID,
+    return {**result, **world.score_decoder(cfg, data, decode, device, Path(run_dir) / world.DECODED_FRAMES,
                                             "JEPA decoder probe", log)}

@@ -19,7 +19,7 @@ from cccad.stages import world
 from cccad.config import Config
 from cccad.models.world_model import RewardPredictor
 from cccad.plots import bar_plot
-from cccad.trainer import Objective, fit
+from cccad.trainer import Objective, fit, probe_fit_config
 
 NEEDS = ("collect", "train_encoder_decoder", "train_jepa")
 INPUT_KEYS = {"collect": ("train.dataset", "dataset"),
@@ -93,7 +93,7 @@ def run(cfg: Config, run_dir: Path, log=print, dynamics: bool = False, folder: s
     kind = "predicted" if dynamics else "true"
     log(f"reward probes on frozen encoder-decoder and JEPA latents, {kind} next latent; "
         f"training reward mean {mean:.3f}, std {scale:.3f}")
-    result = fit(run_dir, world.probe_fit_config(cfg), obj, log=log)
+    result = fit(run_dir, probe_fit_config(cfg), obj, log=log)
 
     # held-out scores in reward units, beside the mean-reward floor
     samples = world.val_samples(cfg, data)

@@ -9,7 +9,6 @@ Files, as in seed 004, under each run folder:
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from cccad.stages.collect import dataset_config, open_collected, require_dataset
 from cccad.trainer import CheckpointError, load_checkpoint, load_weights
 
 ENCODERS = {"encoder_decoder": "weights/encoder_decoder/model.pt", "jepa": "weights/jepa/model.pt"}
+DECODED_FRAMES = "decoded_frames.png"  # a decoder stage's grid of real and decoded next frames
 RUN_KEYS = {"encoder_decoder": "world_model.encoder_decoder_run", "jepa": "world_model.jepa_run"}
 # nets must be built and fed alike to be loaded: the config they were trained with must match these
 NET_CONFIG = tuple(f"env.{k}" for k in ATARI_KEYS) + tuple(
@@ -39,12 +39,13 @@ def decided_by(cfg: Config, *extra: str) -> dict:
 
 
 def preflight(cfg: Config, *runs: str) -> None:
-    require_dataset(cfg.train.dataset, "train.dataset")
+    require_dataset(cfg, cfg.train.dataset, "train.dataset")
     for name in runs:
         key = RUN_KEYS[name]
         run = getattr(cfg.world_model, key.split(".")[1])
         if not (Path(run) / ENCODERS[name]).is_file():
             raise ConfigError(f"{key}: no {ENCODERS[name]} in {run or '(not set)'}")
+        load_frozen(cfg, name)  # refused here, before any work, if it does not fit
 
 
 def open_transitions(cfg: Config) -> Transitions:
@@ -100,13 +101,6 @@ def load_frozen(cfg: Config, name: str, parts=("encoder", "predictor")) -> nn.Mo
     for p in parts:
         load_weights(nets[p], state[f"{p}_state_dict"], path, prefix=f"{p}.")
     return nets.requires_grad_(False).eval()
-
-
-def probe_fit_config(cfg: Config) -> Config:
-    """Heads on frozen nets train with the probe section's steps, batch and lr, constant lr."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=cfg.probe.steps, batch_size=cfg.probe.batch_size, lr=cfg.probe.lr,
-        num_warmup_steps=0, schedule="constant", weight_decay=0.0))
 
 
 def val_samples(cfg: Config, data: Transitions) -> dict:
