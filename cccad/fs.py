@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -60,5 +61,10 @@ def atomic_torch_save(path: Path, obj) -> None:
 
 
 def torch_load(path: Path):
-    """Checkpoints are loaded without executing pickled code."""
+    """Checkpoints are loaded without executing pickled code, after checking every record's CRC
+    (a torch file is a zip; torch.load itself does not check them, so a flipped byte would load)."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"checksum mismatch in {bad} (corrupt)")
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -146,13 +146,17 @@ def test_killed_at_random_points_then_rerun_equals_uninterrupted(studies, tmp_pa
     config = studies[study] / ".tasks" / f"{task}.yaml"
     work = json.loads((reference / "metrics.json").read_text())["wall_seconds"]
     rng = random.Random(f"{FAULT_SEED}:{task}")
-    run_dir, kills = tmp_path / task, []
-    for _ in range(KILLS):
-        delay = rng.uniform(0, work)
+    run_dir, kills, shorter = tmp_path / task, [], 1.0
+    while len(kills) < KILLS and shorter > 0.01:
+        delay = rng.uniform(0, work) * shorter
         finished = start_and_kill(["run", stage, "-c", config, "--out", run_dir], run_dir, delay)
         check_every_file_whole(run_dir)
         if finished or (run_dir / "metrics.json").exists():  # its work was done (metrics.json is written last)
-            break
+            if kills:
+                break
+            shutil.rmtree(run_dir)  # faster than the reference run: start over, killing sooner
+            shorter /= 2
+            continue
         kills.append(round(delay, 2))
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
     print(f"{task}: killed after {kills} s of work (of {work:.1f} s uninterrupted; CCCAD_FAULT_SEED={FAULT_SEED}), "
@@ -173,12 +177,8 @@ def truncate(path: Path) -> None:
 
 def flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF  # within the last array values, past any header
+    data[len(data) // 2] ^= 0xFF  # inside the values (past any header, before any zip directory)
     path.write_bytes(bytes(data))
-
-
-def garble(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-7] + b"\x00garbage")
 
 
 # (what is damaged: study, run folder, file inside it, damage; then the stage that reads it, its
@@ -192,9 +192,9 @@ CORRUPTIONS = [
      "pretrain_encoder", "pretrain-encoder-darkroom-seed0", "train.dataset={}/dataset", "manifest is not valid JSON"),
     ("final model truncated", "dr", f"train-{V}-darkroom-seed0", "model.pt", truncate,
      "evaluate", f"evaluate-{V}-darkroom-seed0", "evaluate.checkpoint={}", "unreadable checkpoint"),
-    ("pre-trained encoder garbled", "dr", "pretrain-encoder-darkroom-seed0", "encoder-pretrained-final.pt", garble,
-     "train", f"train-{V}-darkroom-seed0", "train.pretrained_encoder_path={}/encoder-pretrained-final.pt",
-     "unreadable checkpoint"),
+    ("pre-trained encoder, one byte flipped", "dr", "pretrain-encoder-darkroom-seed0", "encoder-pretrained-final.pt",
+     flip_byte, "train", f"train-{V}-darkroom-seed0", "train.pretrained_encoder_path={}/encoder-pretrained-final.pt",
+     "checksum mismatch"),
     ("world-model weights truncated", "wm", "train-jepa-assault-seed0", "weights/jepa/model.pt", truncate,
      "train_reward_predictor", "train-reward-predictor-assault-seed0", "world_model.jepa_run={}", "unreadable checkpoint"),
     ("PPO agent truncated", "wm", "collect-assault-seed0", "agent/ppo_policy.pt", truncate,
@@ -227,11 +227,13 @@ def test_damaged_file_is_refused_by_name_and_left_as_it_was(studies, tmp_path, c
 
 
 def test_damaged_metrics_mean_the_run_is_redone_and_reported(studies, tmp_path):
-    runs = tmp_path / "runs"
-    shutil.copytree(studies["dr"], runs / "dr")
-    evaluate = runs / "dr" / f"evaluate-{V}-darkroom-seed0"
+    """In the reference study itself (a run's identity holds its inputs' paths, so a copy would be
+    another study); the redone evaluation is the same, so it stays a reference."""
+    runs, study_file = studies["dr"].parent, studies["dr"].parent.parent / "dr.yaml"
+    evaluate = studies["dr"] / f"evaluate-{V}-darkroom-seed0"
+    before = tmp_path / evaluate.name
+    shutil.copytree(evaluate, before)
     truncate(evaluate / "metrics.json")
-    study_file = write_yaml(tmp_path / "dr.yaml", DARKROOM)
     report = cccad("report", study_file, "--runs", runs).stdout.split("report: ")[1].strip()
     assert (f"- `evaluate-{V}-darkroom-seed0`: incomplete: {evaluate / 'metrics.json'}: not valid JSON "
             "(truncated or corrupt); the run is redone") in Path(report).read_text()
@@ -239,7 +241,7 @@ def test_damaged_metrics_mean_the_run_is_redone_and_reported(studies, tmp_path):
     assert (f"[run]     evaluate-{V}-darkroom-seed0 ({evaluate / 'metrics.json'}: not valid JSON "
             "(truncated or corrupt); the run is redone)") in proc.stdout
     assert proc.stdout.count("[run]") == 1
-    assert_same_outputs(studies["dr"] / evaluate.name, evaluate)
+    assert_same_outputs(before, evaluate)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -62,15 +62,16 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
 
     path = Path(agent_dir) / AGENT_FILE
     expect = agent_config(cfg)
-    agent = make_agent(cfg)
-    if path.exists():
+    if path.exists():  # checked before the envs start
         state = load_checkpoint(path, ("policy_state_dict", "config_hash", "config", "returns"))
         if state["config_hash"] != config_hash(expect):
             raise CheckpointError(f"{path}: agent trained by another config (delete it to retrain)")
+        agent = make_agent(cfg)
         agent.policy.load_state_dict(state["policy_state_dict"])
         log(f"reused PPO agent {path}")
         return agent.policy, {"reused": True, "returns": state["returns"], "seconds": 0.0}
 
+    agent = make_agent(cfg)
     returns: list[list[float]] = []
 
     every = max(1, cfg.atari.ppo_timesteps // 10)

@@ -37,13 +37,13 @@ def decided_by(cfg: Config) -> dict:
 
 
 def require_dataset(cfg: Config, path: str, key: str) -> None:
-    """Before any work: the dataset exists, was collected for this config and is whole (sizes;
-    checksums are checked when it is opened for the run)."""
+    """Before any work: the dataset exists, was collected for this config and is whole (sizes and
+    checksums)."""
     if not path:
         raise ConfigError(f"{key}: not set (a collect run folder's dataset)")
     if not (Path(path) / "manifest.json").is_file():
         raise ConfigError(f"{key}: no dataset at {path}")
-    open_collected(path, cfg, verify=False)
+    open_collected(path, cfg)
 
 
 def open_collected(path: str | Path, cfg: Config, verify: bool = True):

@@ -79,11 +79,11 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     log(f"JEPA: {trained:,} trained parameters (+ EMA target encoder), "
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation transitions")
     batch, val_batch = world.sampler(cfg, data)
-    warned = []
+    def collapsing(row) -> bool:
+        return row["latent_spread"] < cfg.world_model.collapse_spread
 
     def on_log(row, log):
-        if row["latent_spread"] < cfg.world_model.collapse_spread:
-            warned.append(row["step"])
+        if collapsing(row):
             log(f"WARNING: JEPA latents may be collapsing: spread (std across the batch / RMS) "
                 f"{row['latent_spread']:.2e} < world_model.collapse_spread {cfg.world_model.collapse_spread} "
                 f"at step {row['step']}")
@@ -95,4 +95,5 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     history = result["history"]
     return {**result, "final_latent_std": history[-1]["latent_std"] if history else None,
             "first_latent_spread": history[0]["latent_spread"] if history else None,
-            "final_latent_spread": history[-1]["latent_spread"] if history else None, "collapse_warnings": warned}
+            "final_latent_spread": history[-1]["latent_spread"] if history else None,
+            "collapse_warnings": [row["step"] for row in history if collapsing(row)]}  # a resumed run's too
