@@ -38,9 +38,11 @@ bench: install
 clean:
 	rm -rf runs
 
-# a real single-node SLURM cluster on this machine (root; state in .slurm-local/)
+# a real SLURM cluster on this machine (root; state in .slurm-local/); NODES=2: two nodes, each in
+# its own network namespace
+NODES ?= 1
 cluster-up:
-	bash slurm/local/up.sh
+	NODES=$(NODES) bash slurm/local/up.sh
 
 cluster-down:
 	bash slurm/local/down.sh

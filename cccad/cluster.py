@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -77,6 +78,7 @@ class Profile:
     max_requeues: int = 3  # time-outs a task may be requeued after (preemptions always requeue)
     signal_delay_s: int = 120  # USR2 this long before the time limit: time to save a checkpoint
     container_image: str | None = None  # run jobs inside it (apptainer exec --nv)
+    env: dict[str, str] = field(default_factory=dict)  # set in every job, e.g. {GLOO_SOCKET_IFNAME: eth0}
     sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
@@ -97,6 +99,9 @@ class Profile:
             err("max_requeues", "must be 0 or more")
         if self.signal_delay_s < 0:
             err("signal_delay_s", "must be 0 or more")
+        for key, value in self.env.items():
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                err(f"env.{key}", f"must be a string or a number, got {value!r}")
         for key, value in self.sbatch.items():
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 err(f"sbatch.{key}", f"must be a string or a number, got {value!r}")
@@ -185,15 +190,22 @@ def describe(arrays: list[Array], profile: Profile, job_ids: dict[str, str] | No
 
 # ----------------------------------------------------------------------------- jobs
 
+def node_address(node: str) -> str:
+    """A node's NodeAddr in SLURM (its hostname unless the cluster gives another address)."""
+    out = subprocess.run(["scontrol", "-o", "show", "node", node], capture_output=True, text=True, timeout=60).stdout
+    return next((kv.split("=", 1)[1] for kv in out.split() if kv.startswith("NodeAddr=")), node)
+
+
 class StageJob:
     """One task of a study as a SLURM array task runs it (pickled by submitit). It rebuilds the
     study's tasks, so the task's config is resolved and checked where it runs."""
 
-    def __init__(self, study_file: str, overrides: list[str], runs_root: str, task_name: str):
-        self.args = (study_file, list(overrides), runs_root, task_name)
+    def __init__(self, study_file: str, overrides: list[str], runs_root: str, task_name: str,
+                 env: dict[str, str] | None = None):
+        self.args = (study_file, list(overrides), runs_root, task_name, dict(env or {}))
 
     def task(self) -> Task:
-        study_file, overrides, runs_root, name = self.args
+        study_file, overrides, runs_root, name, _ = self.args
         _, tasks = build_tasks(study_file, overrides, runs_root)
         return next(t for t in tasks if t.name == name)
 
@@ -201,13 +213,18 @@ class StageJob:
         import submitit
 
         task = self.task()
+        os.environ.update({k: str(v) for k, v in self.args[4].items()})
         env = submitit.JobEnvironment()
         if task.complete():  # (the same for every process of the task)
             print(f"{task.name}: outputs exist and validate", flush=True)
             return "cached"
         if env.num_tasks > 1:  # one process per SLURM task: RANK, WORLD_SIZE, MASTER_ADDR/PORT for torch
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            dist = submitit.helpers.TorchDistributedEnvironment()
+            dist.export(set_cuda_visible_devices=False)
+            if env.num_nodes > 1:  # the first node's address as SLURM reaches it (its name may not resolve)
+                os.environ["MASTER_ADDR"] = node_address(dist.master_addr)
         rank = env.global_rank
+        task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
         with log:
             self._child = subprocess.Popen(task_command(task), stdout=log, stderr=subprocess.STDOUT)
@@ -284,7 +301,8 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
                       f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
                       **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
         with ex.batch():
-            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name)) for t in array.tasks]
+            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name, profile.env))
+                    for t in array.tasks]
         job_ids[array.name] = jobs[0].job_id.split("_")[0]
         record["arrays"].append({"name": array.name, "stage": array.stage, "job_id": job_ids[array.name],
                                  "tasks": {t.name: j.job_id for t, j in zip(array.tasks, jobs)},

@@ -205,6 +205,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     # with several processes (SLURM tasks, accelerate launch): DDP, or DeepSpeed ZeRO stage 2 or 3
     strategy: Literal["ddp", "zero2", "zero3"] = "ddp"
+    # how long a process waits in a collective before it fails (a peer lost with its node must
+    # not hang the others until the job's time limit)
+    collective_timeout_s: int = 600
     log_every: int = 50
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
@@ -214,7 +217,7 @@ class TrainConfig:
 
     def check(self, err):
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                    "val_every", "val_batches"):
+                    "val_every", "val_batches", "collective_timeout_s"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
         if self.lr <= 0:

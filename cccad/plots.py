@@ -1,20 +1,30 @@
-"""PNG plots (matplotlib, no display needed)."""
+"""PNG plots (matplotlib, no display needed; imported on first use, as most processes draw nothing
+and it costs most of a second to import)."""
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
+import functools
+
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from cccad.fs import atomic_write_bytes
 
-from cccad.fs import atomic_write_bytes  # noqa: E402
+
+@functools.cache
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def line_plot(path: Path, curves: dict[str, list[float]], title: str, xlabel: str, ylabel: str,
               hline: float | None = None) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), ys, label=label)
@@ -31,13 +41,14 @@ def line_plot(path: Path, curves: dict[str, list[float]], title: str, xlabel: st
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def bar_plot(path: Path, bars: dict[str, float], title: str, ylabel: str, hline: float | None = None,
              hline_label: str = "", errors: dict[str, float] | None = None) -> None:
     """Bars, with error bars where `errors` gives a half-width, and a dashed reference line."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bars)), 4), dpi=100)
     yerr = [(errors or {}).get(k) or 0 for k in bars] if errors else None
     ax.bar(list(bars), list(bars.values()), yerr=yerr, capsize=4, color="tab:blue")
@@ -55,6 +66,7 @@ def bar_plot(path: Path, bars: dict[str, float], title: str, ylabel: str, hline:
 def band_plot(path: Path, curves: dict[str, tuple], title: str, xlabel: str, ylabel: str,
               hline: float | None = None) -> None:
     """One line per label with a shaded band: curves[label] = (x, mean, low, high)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, (x, mean, low, high) in curves.items():
         (line,) = ax.plot(x, mean, label=label)
@@ -71,6 +83,7 @@ def band_plot(path: Path, curves: dict[str, tuple], title: str, xlabel: str, yla
 def frame_grid(path: Path, rows: dict[str, np.ndarray], title: str) -> None:
     """One row of frames per entry (label: (n, C, H, W) floats in [0, 1] or uint8)."""
     n = min(len(v) for v in rows.values())
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows) + 0.4), dpi=100, squeeze=False)
     for r, (label, frames) in enumerate(rows.items()):
         for i in range(n):

@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 
 # how a stage runs, not what it makes: not part of a run's identity (a study finished under DDP is
 # not redone for ZeRO-2; a checkpoint records its strategy and is refused by another)
-HOW_NOT_WHAT = ("train.strategy",)
+HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
 
 
 def run_hash(cfg: Config, stage: str) -> str:

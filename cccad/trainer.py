@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,8 @@ FINAL_MODEL = "model.pt"
 # a checkpoint resumes only under the same config as far as it decides the weights (the stage's
 # `decided_by`), less the dataset path (the data is checked by its own hash) and the cadence
 # (and the strategy, which the checkpoint records and checks itself)
-RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches", "strategy")
+RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches", "strategy",
+                  "collective_timeout_s")
 
 
 def resume_hash(decided_by: dict) -> str:
@@ -146,7 +148,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     gpu = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, deepspeed_plugin=plugin,
                               cpu=several and not gpu and plugin is None,  # accelerate's multi-CPU (DDP on gloo)
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="nccl" if gpu else "gloo")] if several else [])
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="nccl" if gpu else "gloo",
+                                                                     timeout=timedelta(seconds=cfg.collective_timeout_s))]
+                              if several else [])
     if plugin is not None:  # no DataLoader goes through prepare(), so DeepSpeed is told the batch here
         if cfg.batch_size % accelerator.num_processes:
             raise ConfigError(f"train.batch_size: {cfg.batch_size} is not divisible by the {accelerator.num_processes} processes")

@@ -21,7 +21,7 @@ TINY = {
                  "curriculum": [{"steps": 50, "depths": [1]}, {"steps": 50, "depths": [1, 2]},
                                 {"steps": 50, "depths": [1, 2, 3]}]},
     "train": {"steps": 60, "batch_size": 8, "num_warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
-              "val_every": 30, "val_batches": 1},
+              "val_every": 30, "val_batches": 1, "collective_timeout_s": 120},
     "evaluate": {"episodes": 4, "streams_per_task": 1},
     "probe": {"steps": 40, "val_samples": 64},
 }
@@ -81,12 +81,12 @@ def kill_after_checkpoint(args, run_dir: Path, step: int, final_file: str) -> No
     assert not (run_dir / final_file).exists(), "run finished before it could be killed"
 
 
-def start_cluster(state: Path, port_base: int) -> dict:
-    """Start a local SLURM cluster (slurm/local/up.sh) with its state in `state` and ports
-    port_base..port_base+3, apart from any other; returns the environment that talks to it."""
+def start_cluster(state: Path, port_base: int, nodes: int = 1) -> dict:
+    """Start a local SLURM cluster (slurm/local/up.sh) of `nodes` nodes with its state in `state`
+    and ports port_base..port_base+3, apart from any other; returns the environment that talks to it."""
     env = dict(os.environ, CCCAD_SLURM_DIR=str(state), CCCAD_SLURMCTLD_PORT=str(port_base),
                CCCAD_SLURMD_PORT=str(port_base + 1), CCCAD_SLURM_DB_PORT=str(port_base + 2),
-               CCCAD_SLURMDBD_PORT=str(port_base + 3))
+               CCCAD_SLURMDBD_PORT=str(port_base + 3), NODES=str(nodes))
     up = subprocess.run(["bash", ROOT / "slurm" / "local" / "up.sh"], env=env, capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stdout + up.stderr
     assert up.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={state}/slurm.conf"

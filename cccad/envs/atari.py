@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import cv2
 import gymnasium as gym
 import numpy as np
 
@@ -54,6 +53,8 @@ class Preprocess(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, 255, frame_shape(cfg), np.uint8)
 
     def observation(self, obs):
+        import cv2  # (imported here: only Atari runs need it)
+
         small = cv2.resize(obs, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return small[None] if small.ndim == 2 else np.ascontiguousarray(small.transpose(2, 0, 1))
 
