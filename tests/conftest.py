@@ -39,6 +39,16 @@ WORLD_SMALL = {
 
 
 @pytest.fixture(scope="session")
+def darkroom_study(tmp_path_factory):
+    """The TINY Darkroom graph (every stage, the four variants, seed 0), run once by `cccad local`:
+    (study file, study folder, process)."""
+    root = tmp_path_factory.mktemp("cad")
+    file = write_yaml(root / "cad.yaml", {**TINY, "study": {"name": "cad", "envs": ["darkroom"], "seeds": [0]}})
+    proc = cccad("local", file, "--runs", root / "runs")
+    return file, root / "runs" / "cad", proc
+
+
+@pytest.fixture(scope="session")
 def world_study(tmp_path_factory):
     """The whole WORLD_SMALL graph, run once by `cccad local`: (study file, study folder, process)."""
     root = tmp_path_factory.mktemp("wm")

@@ -50,11 +50,9 @@ VOLATILE = re.compile(r"(seconds|per_s|resumed_from|reused|this_process)$")
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory, world_study):
-    """Both families' graphs, run once uninterrupted by `cccad local`: the references."""
-    root = tmp_path_factory.mktemp("faults")
-    cccad("local", write_yaml(root / "dr.yaml", DARKROOM), "--runs", root / "runs")
-    return {"dr": root / "runs" / "dr", "wm": world_study[1]}
+def studies(darkroom_study, world_study):
+    """Both families' graphs, run once uninterrupted by `cccad local` (conftest): the references."""
+    return {"dr": darkroom_study[1], "wm": world_study[1], "dr_file": darkroom_study[0]}
 
 
 # ----------------------------------------------------------------------------- SIGKILL
@@ -229,7 +227,7 @@ def test_damaged_file_is_refused_by_name_and_left_as_it_was(studies, tmp_path, c
 def test_damaged_metrics_mean_the_run_is_redone_and_reported(studies, tmp_path):
     """In the reference study itself (a run's identity holds its inputs' paths, so a copy would be
     another study); the redone evaluation is the same, so it stays a reference."""
-    runs, study_file = studies["dr"].parent, studies["dr"].parent.parent / "dr.yaml"
+    runs, study_file = studies["dr"].parent, studies["dr_file"]
     evaluate = studies["dr"] / f"evaluate-{V}-darkroom-seed0"
     before = tmp_path / evaluate.name
     shutil.copytree(evaluate, before)

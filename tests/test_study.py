@@ -81,12 +81,9 @@ def test_harder_envs_run_through_the_same_stages(tmp_path):
         assert 0 <= ev["final_return"] <= best
 
 
-def test_compressed_ad_study_graph(tmp_path):
+def test_compressed_ad_study_graph(darkroom_study):
     """collect -> pretrain_encoder -> train (4 variants) -> evaluate, probe: the smoke study's graph."""
-    study = write_yaml(tmp_path / "study.yaml", {**TINY, "study": {"name": "cad", "envs": ["darkroom"], "seeds": [0]}})
-    runs = tmp_path / "runs"
-    proc = cccad("local", study, "--runs", runs)
-    root = runs / "cad"
+    _, root, proc = darkroom_study
     variants = ["AD", "CompressedAD-random", "CompressedAD-finetuned", "CompressedAD-frozen"]
     pre = root / "pretrain-encoder-darkroom-seed0"
     assert (pre / "encoder-pretrained-final.pt").is_file()
