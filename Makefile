@@ -22,8 +22,10 @@ smoke: install
 	$(VENV)/bin/cccad local configs/studies/worldmodel_smoke.yaml
 	@echo "reports: runs/smoke/report/report.md runs/worldmodel_smoke/report/report.md"
 
+# two streams side by side (tests/conftest.py): the SLURM tests and the rest; one thread per
+# process, as two streams of 2-thread processes on 2 cores spend their time contending
 test: install
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # SLURM: the study as job arrays (returns once submitted), then its state by task
 submit: install

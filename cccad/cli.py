@@ -15,7 +15,7 @@ from cccad.fs import atomic_write_text
 from cccad.report import write_report
 from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
 from cccad.stages import STAGES
-from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted, OtherProcessDone
+from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted, OtherProcessDone, PeerLost
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, OSError)
 
@@ -163,6 +163,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"cccad: error: {e}", file=sys.stderr)
         code = 2
+    except PeerLost as e:  # not bad input: the run failed (its checkpoints stay for a rerun)
+        print(f"cccad: error: {e}", file=sys.stderr)
+        code = 1
     except OtherProcessDone:
         code = 0
     except Interrupted as e:

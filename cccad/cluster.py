@@ -221,8 +221,8 @@ class StageJob:
         if env.num_tasks > 1:  # one process per SLURM task: RANK, WORLD_SIZE, MASTER_ADDR/PORT for torch
             dist = submitit.helpers.TorchDistributedEnvironment()
             dist.export(set_cuda_visible_devices=False)
-            if env.num_nodes > 1:  # the first node's address as SLURM reaches it (its name may not resolve)
-                os.environ["MASTER_ADDR"] = node_address(dist.master_addr)
+            # the first node's address as SLURM reaches it: its name may not resolve
+            os.environ["MASTER_ADDR"] = node_address(dist.master_addr)
         rank = env.global_rank
         task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")

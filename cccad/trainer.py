@@ -59,6 +59,28 @@ class Interrupted(Exception):
     EXIT_INTERRUPTED so that a scheduler requeues it."""
 
 
+class PeerLost(RuntimeError):
+    """A collective operation of a several-process run failed: another process died, hung or was
+    cut off (after `train.collective_timeout_s` at the latest)."""
+
+
+# how gloo and NCCL word a collective that failed because a peer is gone or silent
+LOST_PEER = re.compile(r"timed out|timeout|connection (closed|reset|refused)|broken pipe|peer|gloo|nccl", re.I)
+
+
+@contextlib.contextmanager
+def lost_peers(world: int, timeout_s: int, rank: int):
+    """Inside: a failed collective of a several-process run is raised as PeerLost, one line."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world > 1 and LOST_PEER.search(str(e)):
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise PeerLost(f"process {rank} of {world}: a collective operation failed, another process of this run "
+                           f"is lost or hung (train.collective_timeout_s={timeout_s}): {first[:200]}") from None
+        raise
+
+
 class OtherProcessDone(Exception):
     """Raised in every process but the main one when training ends: only the main process goes
     on past training (scoring, plots, metrics); the others exit 0."""
@@ -323,7 +345,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     model.train()
     bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
     t0, samples, last_loss = time.perf_counter(), 0, float("nan")
-    with stop_signals() as caught:
+    with stop_signals() as caught, lost_peers(world, tc.collective_timeout_s, rank):
         for step in range(start, tc.steps):
             batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
                           accelerator.device)

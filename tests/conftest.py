@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -36,6 +37,24 @@ WORLD_SMALL = {
               "log_every": 10, "val_every": 40},
     "probe": {"steps": 100, "batch_size": 16, "val_samples": 128},
 }
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """`make test` runs two streams side by side (`pytest -n 2 --dist loadgroup`): the tests on
+    SLURM clusters (they start clusters of their own, on fixed ports, and wait on them a lot) and
+    all the others (which share the study runs below: run once per stream)."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("slurm" if item.get_closest_marker("slurm") else "local"))
+
+
+@pytest.fixture(scope="session")
+def deepspeed_ops(tmp_path_factory):
+    """DeepSpeed compiles its CPU communication op on first use (about 40 s, then cached): once,
+    here, under a lock shared by the test workers, rather than in two processes at once."""
+    with FileLock(tmp_path_factory.getbasetemp().parent / "deepspeed-ops.lock"):
+        subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                       check=True, capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +117,8 @@ def start_cluster(state: Path, port_base: int, nodes: int = 1) -> dict:
                CCCAD_SLURMD_PORT=str(port_base + 1), CCCAD_SLURM_DB_PORT=str(port_base + 2),
                CCCAD_SLURMDBD_PORT=str(port_base + 3), NODES=str(nodes))
     up = subprocess.run(["bash", ROOT / "slurm" / "local" / "up.sh"], env=env, capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:  # leave no daemon of a half-started cluster behind
+        subprocess.run(["bash", ROOT / "slurm" / "local" / "down.sh"], env=env, timeout=60)
     assert up.returncode == 0, up.stdout + up.stderr
     assert up.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={state}/slurm.conf"
     return dict(env, SLURM_CONF=f"{state}/slurm.conf")

@@ -4,9 +4,11 @@ as one process with the same seeds and global batch, ZeRO-3 really split, exact 
 per-process optimizer partitions."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -18,14 +20,10 @@ STEPS = ["train.steps=40", "train.checkpoint_every=20", "train.log_every=10", "t
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, deepspeed_ops):
     root = tmp_path_factory.mktemp("data")
     cfg = write_yaml(root / "tiny.yaml", TINY)
     cccad("run", "collect", "-c", cfg, "--out", root / "collect")
-    # DeepSpeed compiles its CPU communication op on first use (about 40 s): once, here, rather
-    # than in two processes at once inside a test
-    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
-                   check=True, capture_output=True, timeout=600)
     return cfg, root / "collect" / "dataset"
 
 
@@ -35,8 +33,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(n, cfg, out, *overrides) -> list[str]:
-    """`cccad run train` as n processes; returns each process's output."""
+def start(n, cfg, out, *overrides) -> list[subprocess.Popen]:
+    """`cccad run train` as n processes (their output piped)."""
     port = free_port()
     procs = []
     for rank in range(n):
@@ -45,6 +43,12 @@ def launch(n, cfg, out, *overrides) -> list[str]:
         procs.append(subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(cfg), "--out", str(out),
                                        *STEPS, *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
+    return procs
+
+
+def launch(n, cfg, out, *overrides) -> list[str]:
+    """`cccad run train` as n processes, to the end; returns each process's output."""
+    procs = start(n, cfg, out, *overrides)
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, outputs
     return outputs
@@ -99,6 +103,31 @@ def test_zero_checkpoint_refuses_another_process_count(dataset, tmp_path):
                  *STEPS, check=False)
     assert proc.returncode == 2
     assert "written under train.strategy=zero2 by 2 processes; this run is zero2 with 1" in proc.stderr, proc.stderr
+
+
+def test_a_hung_peer_ends_the_run_after_the_collective_timeout(dataset, tmp_path):
+    """A process that stops answering (SIGSTOP: hung, or cut off from the others) does not hold
+    the rest forever: their next collective fails after train.collective_timeout_s and the run
+    ends with one line saying so, its checkpoints kept for the rerun."""
+    cfg, data = dataset
+    procs = start(2, cfg, tmp_path / "run", f"train.dataset={data}", "train.steps=100000", "train.collective_timeout_s=5")
+    try:
+        deadline = time.time() + 300
+        while not list((tmp_path / "run" / "checkpoints").glob("step-*.pt")):
+            assert time.time() < deadline and procs[0].poll() is None
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGSTOP)
+        stopped = time.time()
+        out = procs[0].communicate(timeout=120)[0]
+        waited = time.time() - stopped
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert procs[0].returncode == 1 and 5 <= waited < 60, (procs[0].returncode, waited, out[-2000:])
+    (line,) = [l for l in out.splitlines() if l.startswith("cccad: error:")]
+    assert ("process 0 of 2: a collective operation failed, another process of this run is lost or hung "
+            "(train.collective_timeout_s=5)") in line, line
+    assert "Traceback" not in out, out[-2000:]
 
 
 def test_stage_that_does_not_train_refuses_several_processes(dataset, tmp_path):

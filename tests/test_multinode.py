@@ -1,14 +1,16 @@
 """Several SLURM nodes on one machine (slurm/local/up.sh with NODES=2): each slurmd in its own
-network namespace and hostname, on a private bridge; stopping removes every daemon, namespace,
-link and bridge the start made."""
+network namespace and hostname, on a private bridge. `train` across both nodes gives the losses
+of one process; a node lost mid-run (slurm/local/node.sh) ends with the job requeued and resumed
+to the uninterrupted result; stopping removes every daemon, namespace, link and bridge."""
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, TINY, cccad, start_cluster, stop_cluster, write_yaml
-from test_submit import scontrol_jobs, submit, wait_idle
+from test_submit import scontrol_jobs, status, submit, wait_idle
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 PORT = 29817
@@ -36,26 +38,98 @@ def test_two_nodes_each_with_its_own_name_and_address(cluster):
     assert sorted(out.split("\n")[:2]) == [f"node1 {net}.11/24", f"node2 {net}.12/24"], out
 
 
-def test_zero2_train_across_two_nodes_matches_one_process(cluster, tmp_path):
-    """`train` as one SLURM job on 2 nodes x 1 task (ZeRO-2 over gloo between the namespaces) gives
-    the losses of one process with the same global batch."""
-    state, env = cluster
-    sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
-                          "variants": {"AD": {}}}, "train": {**TINY["train"], "strategy": "zero2"}}
-    study_file = write_yaml(tmp_path / "study.yaml", {**TINY, **sections})
-    cccad("local", study_file, "--runs", tmp_path / "one", "train.strategy=ddp")  # one process
-    submit(env, study_file, tmp_path / "runs", profile=TWO_NODES)
-    wait_idle(env)
-    record = json.loads(next((tmp_path / "runs" / "tiny" / ".submit").glob("*.json")).read_text())
-    job = next(a["tasks"]["train-AD-darkroom-seed0"] for a in record["arrays"] if a["name"] == "train-AD")
-    (shown,) = scontrol_jobs(env, job)
-    assert (shown["JobState"], shown["NodeList"], shown["NumNodes"]) == ("COMPLETED", "node[1-2]", "2"), shown
-    run_dir = tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0"
-    two = json.loads((run_dir / "metrics.json").read_text())["history"]
-    one = json.loads((tmp_path / "one" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["history"]
-    assert [r["step"] for r in two] == [r["step"] for r in one]
-    for a, b in zip(one, two):
+# long enough (300 steps, a checkpoint every 50) for a node to be lost between two checkpoints
+SECTIONS = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
+                      "variants": {"AD": {}}},
+            "train": {**TINY["train"], "strategy": "zero2", "steps": 300, "checkpoint_every": 50, "log_every": 10,
+                      "val_every": 100}}
+TASK = "train-AD-darkroom-seed0"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The study's train task run by one process, not on SLURM: the losses every layout must give."""
+    root = tmp_path_factory.mktemp("one")
+    study_file = write_yaml(root / "study.yaml", {**TINY, **SECTIONS})
+    cccad("local", study_file, "--runs", root / "runs", "train.strategy=ddp")
+    return study_file, json.loads((root / "runs" / "tiny" / TASK / "metrics.json").read_text())["history"]
+
+
+def train_job(runs: Path) -> str:
+    record = json.loads(next((runs / "tiny" / ".submit").glob("*.json")).read_text())
+    return next(a["tasks"][TASK] for a in record["arrays"] if a["name"] == "train-AD")
+
+
+def assert_same_losses(history, reference):
+    assert [r["step"] for r in history] == [r["step"] for r in reference]
+    for a, b in zip(reference, history):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+
+
+@pytest.mark.parametrize("nodes, per_node", [(2, 1), (1, 2)], ids=["2 nodes x 1 task", "1 node x 2 tasks"])
+def test_zero2_train_on_two_nodes_or_one_matches_one_process(cluster, one_process, tmp_path, deepspeed_ops,
+                                                             nodes, per_node):
+    """`train` as one SLURM job of 2 processes under ZeRO-2 over gloo, across the two nodes'
+    namespaces or on one node, gives the losses of one process with the same global batch."""
+    state, env = cluster
+    study_file, reference = one_process
+    profile = write_yaml(tmp_path / "profile.yaml", {"extends": str(TWO_NODES),
+                                                     "stages": {"train": {"nodes": nodes, "processes": per_node}}})
+    runs = tmp_path / "runs"
+    submit(env, study_file, runs, profile=profile)
+    wait_idle(env)
+    (shown,) = scontrol_jobs(env, train_job(runs))
+    assert (shown["JobState"], shown["NumNodes"], shown["NumTasks"]) == ("COMPLETED", str(nodes), "2"), shown
+    if nodes == 2:
+        assert shown["NodeList"] == "node[1-2]", shown
+    assert_same_losses(json.loads((runs / "tiny" / TASK / "metrics.json").read_text())["history"], reference)
+
+
+def node_state(env, node) -> str:
+    out = run(env, "scontrol", "-o", "show", "node", node)
+    return next(kv.split("=", 1)[1] for kv in out.split() if kv.startswith("State="))
+
+
+def wait_for(what, check, timeout=300, every=0.2) -> float:
+    """Poll `check()` until true; returns the time it became true."""
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return time.time()
+
+
+def test_node_lost_mid_run_is_requeued_and_resumes_to_the_uninterrupted_result(cluster, one_process, tmp_path,
+                                                                              deepspeed_ops):
+    """A 2-node ZeRO-2 `train` job loses node2's link after its first checkpoint: SLURM marks the
+    node down and requeues the job; once node2 is back (rebooted: its processes killed, its slurmd
+    started again) the job runs again on both nodes, resumes from its latest checkpoint and ends
+    with the losses of one uninterrupted process."""
+    state, env = cluster
+    study_file, reference = one_process
+    runs = tmp_path / "runs"
+    run_dir = runs / "tiny" / TASK
+    node = [str(ROOT / "slurm" / "local" / "node.sh")]
+    submit(env, study_file, runs, profile=TWO_NODES)
+    wait_for("a checkpoint", lambda: any((run_dir / "checkpoints").glob("step-*.pt")), every=0.05)
+    job = train_job(runs)
+    cut = time.time()
+    run(env, *node, "cut", "2")
+    down = wait_for("node2 down", lambda: "DOWN" in node_state(env, "node2"), every=0.5)
+    requeued = wait_for("the requeue", lambda: int(scontrol_jobs(env, job)[0]["Restarts"]) >= 1, every=0.5)
+    assert "resumed from" not in (run_dir / "log.txt").read_text()
+    run(env, *node, "reboot", "2")
+    back = time.time()
+    resumed = wait_for("the resumed run", lambda: "resumed from" in (run_dir / "log.txt").read_text(), every=0.2)
+    wait_idle(env)
+    (shown,) = scontrol_jobs(env, job)
+    assert (shown["JobState"], shown["NodeList"], shown["Restarts"]) == ("COMPLETED", "node[1-2]", "1"), shown
+    assert status(env, study_file, runs)[TASK]["requeues"] == "1"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 < metrics["resumed_from"] < 300 and metrics["resumed_from"] % 50 == 0, metrics["resumed_from"]
+    assert_same_losses(metrics["history"], reference)
+    print(f"node lost: node2 DOWN {down - cut:.1f} s after its link was cut, job requeued after {requeued - cut:.1f} s; "
+          f"training resumed from step {metrics['resumed_from']} {resumed - back:.1f} s after node2 came back")
 
 
 def test_stop_removes_every_daemon_namespace_and_link(cluster):

@@ -187,7 +187,7 @@ def test_requeued_training_task_resumes_to_the_uninterrupted_result(cluster, tmp
 
 
 @pytest.mark.slurm
-def test_zero2_training_task_runs_as_two_slurm_tasks_matching_one_process(cluster, tmp_path):
+def test_zero2_training_task_runs_as_two_slurm_tasks_matching_one_process(cluster, tmp_path, deepspeed_ops):
     env = cluster
     sections = {"study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
                           "variants": {"AD": {}}}, "train": {**TINY["train"], "strategy": "zero2"}}

@@ -46,7 +46,9 @@ fi
 mariadbd --datadir="$state/mysql" --user=root --socket="$state/mysql.sock" --port="$db_port" \
   --bind-address=127.0.0.1 --pid-file="$state/mariadb.pid" --log-error="$state/log/mariadb.log" \
   --innodb-buffer-pool-size=64M >/dev/null 2>&1 &
-for _ in $(seq 100); do mariadb --socket="$state/mysql.sock" -e "select 1" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 600); do mariadb --socket="$state/mysql.sock" -e "select 1" >/dev/null 2>&1 && break; sleep 0.1; done
+mariadb --socket="$state/mysql.sock" -e "select 1" >/dev/null 2>&1 \
+  || { echo "slurm/local/up.sh: MariaDB did not start within 60 s; see $state/log/mariadb.log" >&2; exit 1; }
 mariadb --socket="$state/mysql.sock" -e "
   CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'cccad-local';
   GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
@@ -154,6 +156,6 @@ else
   slurmd
 fi
 up() { [ "$(timeout 5 sinfo -h -N -o %T 2>/dev/null | grep -cE '^(idle|mixed|allocated)')" -ge "$nodes" ]; }
-for _ in $(seq 150); do up && break; sleep 0.1; done
+for _ in $(seq 600); do up && break; sleep 0.1; done
 up || { echo "slurm/local/up.sh: not all $nodes nodes came up; see $state/log" >&2; exit 1; }
 echo "export SLURM_CONF=$state/slurm.conf"
