@@ -286,10 +286,12 @@ class AtariConfig:
     max_episode_steps: int = 2000  # an episode is truncated (done) after this many agent steps
     random_action_share: float = 0.1  # share of collected actions drawn uniformly at random
     n_envs: int = 8  # envs stepped together during collection
+    env_workers: int = 1  # processes stepping them (the policy acts meanwhile in the stage's own process)
     val_fraction: float = 0.1  # share of episodes held out for validation and scoring
 
     def check(self, err):
-        for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs"):
+        for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs",
+                    "env_workers"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
         if self.ppo_n_steps < 2:

@@ -68,14 +68,18 @@ def test_collector_records_what_the_env_gave(study):
     starts = np.r_[0, np.flatnonzero(last)[:-1] + 1]
     first = b["state"][starts]
     assert all(torch.equal(first[:, i], first[:, 0]) for i in range(cfg.env.frame_stack))
-    # replaying each episode's seed and actions gives the recorded frames and rewards
-    env = make_env(cfg.env, cfg.atari.max_episode_steps)
-    frames, seeds = ds["frames"], np.asarray(ds["episode_seed"])
+    # replaying each env's episodes in order (the first reset with its seed, the next ones
+    # unseeded) with the recorded actions gives the recorded frames and rewards
+    frames, seeds, envs = ds["frames"], np.asarray(ds["episode_seed"]), np.asarray(ds["episode_env"])
+    assert len(set(envs)) == cfg.atari.n_envs and len(set(seeds)) == cfg.atari.n_envs
+    replay = {i: make_env(cfg.env, cfg.atari.max_episode_steps) for i in set(envs)}
     for e in range(len(seeds)):
         rows = np.flatnonzero(ep == e)
         f0 = int(np.asarray(ds["episode_first_frame"])[e])
-        obs, _ = env.reset(seed=int(seeds[e]))
+        first = e == np.flatnonzero(envs == envs[e])[0]
+        obs, _ = replay[envs[e]].reset(seed=int(seeds[e]) if first else None)
         np.testing.assert_array_equal(obs, frames[f0])
+        env = replay[envs[e]]
         for j, t in enumerate(rows):
             obs, reward, terminated, truncated, _ = env.step(int(ds["actions"][t]))
             np.testing.assert_array_equal(obs, frames[f0 + j + 1])
@@ -83,6 +87,16 @@ def test_collector_records_what_the_env_gave(study):
         assert terminated or truncated
     assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
     assert 0 < np.asarray(ds["random_action"]).mean() < 0.5
+
+
+@torch.no_grad()
+def test_collection_samples_from_the_agents_own_action_distribution():
+    from cccad.data.transitions import action_probs, make_agent
+    policy = make_agent(load_config(CONFIGS / "studies" / "worldmodel_smoke.yaml")).policy.eval()
+    obs = torch.randint(0, 256, (5, *policy.observation_space.shape), dtype=torch.uint8)
+    probs = action_probs(policy, obs)
+    assert torch.allclose(probs, policy.get_distribution(obs).distribution.probs, atol=1e-6)
+    assert probs.shape == (5, policy.action_space.n)
 
 
 def test_second_collect_loads_and_the_agent_is_reused(study, tmp_path):

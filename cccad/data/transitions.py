@@ -8,12 +8,15 @@ Layout (one dataset): each frame is stored once, uint8, and a state is rebuilt f
   frame_index (N,) int64               the newest frame of state t; next_state's newest is frame_index + 1
   episode (N,) int32, actions (N,) uint8, rewards (N,) float32, dones (N,) bool (terminated or
   truncated), terminated (N,) bool, random_action (N,) bool
-  episode_first_frame, episode_length, episode_return, episode_seed (E,), episode_is_val (E,) bool
+  episode_first_frame, episode_length, episode_return (E,), episode_is_val (E,) bool
+  episode_env, episode_seed (E,)       the collection env that played it and that env's seed: its
+                                       first episode resets with the seed, the next ones unseeded
 Validation holds out whole episodes.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ import torch
 
 from cccad.config import ATARI_KEYS, Config, config_hash
 from cccad.data.store import DatasetWriter
-from cccad.envs.atari import FrameStack, frame_shape, make_env, stack_indices
+from cccad.envs.atari import EnvWorker, FrameStack, frame_shape, make_env, stack_indices
 from cccad.fs import atomic_torch_save
 
 AGENT_FILE = "ppo_policy.pt"
@@ -99,31 +102,45 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
     return agent.policy, {"reused": False, "returns": returns, "seconds": seconds}
 
 
-def episode_seed(cfg: Config, episode: int) -> int:
-    return (cfg.seed * 1_000_003 + episode) % 2**31
+def env_seed(cfg: Config, env: int) -> int:
+    """The seed of collection env `env`'s first reset; its later episodes reset unseeded and go on
+    with its random stream (a seeded reset makes ALE reload the ROM: about 100 ms, a fifth of a
+    500-step episode's emulation)."""
+    return (cfg.seed * 1_000_003 + env) % 2**31
+
+
+def action_probs(policy: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """The SB3 CnnPolicy's action probabilities for uint8 states `obs`, as
+    `policy.get_distribution(obs)` has them, without its distribution objects (a fifth of the
+    call's time on 2 CPU cores)."""
+    features = policy.features_extractor(obs.float().div_(255))
+    return policy.action_net(policy.mlp_extractor.forward_actor(features)).softmax(-1)
 
 
 def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
-    """Play `atari.episodes` episodes (n_envs at a time) into `writer`; returns counts and timing."""
+    """Play `atari.episodes` episodes into `writer`; returns counts and timing.
+
+    The `atari.n_envs` envs step in `atari.env_workers` processes of their own (EnvWorker), in
+    two groups per worker: while a worker steps one group, this process records the other
+    group's last step and picks its next actions (one batched policy call), so emulation and the
+    policy overlap. Groups take turns in a fixed order, and so do the random draws and the
+    episodes handed to envs that finish one: the data is the same on every run."""
     a, k = cfg.atari, cfg.env.frame_stack
     rng = np.random.default_rng([cfg.seed, 7])
     torch.manual_seed(cfg.seed)
     policy.eval()
-    envs = [FrameStack(make_env(cfg.env, a.max_episode_steps), k) for _ in range(min(a.n_envs, a.episodes))]
-    n_actions = int(envs[0].action_space.n)
+    n_envs = min(a.n_envs, a.episodes)
+    n_workers = min(a.env_workers, n_envs)
+    # env i lives in worker i % W (as its env i // W); group g holds the envs i = g mod 2W
+    groups = [list(range(g, n_envs, 2 * n_workers)) for g in range(min(2 * n_workers, n_envs))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - n_workers))  # leave the env workers their cores
+    workers = [EnvWorker(cfg.env, a.max_episode_steps, len(range(w, n_envs, n_workers))) for w in range(n_workers)]
+    n_actions = workers[0].n_actions
+    dev = device()
     started, written, frames_written = 0, 0, 0
-    states, episodes = [None] * len(envs), [None] * len(envs)
-
-    def start(i: int) -> bool:
-        nonlocal started
-        if started == a.episodes:
-            return False
-        seed = episode_seed(cfg, started)
-        states[i], _ = envs[i].reset(seed=seed)
-        episodes[i] = {"seed": seed, "frames": [envs[i].frames[-1]], "actions": [], "rewards": [], "terminated": [],
-                       "random": []}
-        started += 1
-        return True
+    # each env's state: its last k frames, the first repeated at an episode's start (stack_indices)
+    stacks, episodes, seeded = [deque(maxlen=k) for _ in range(n_envs)], [None] * n_envs, [False] * n_envs
 
     def finish(ep: dict):
         nonlocal written, frames_written
@@ -141,47 +158,70 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
         writer.append("episode_first_frame", np.array([frames_written], dtype=np.int64))
         writer.append("episode_length", np.array([n], dtype=np.int32))
         writer.append("episode_return", np.array([sum(ep["rewards"])], dtype=np.float32))
+        writer.append("episode_env", np.array([ep["env"]], dtype=np.int32))
         writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
         written += 1
         frames_written += n + 1
 
-    dev = device()
+    def requests(group: list[int]) -> list[tuple]:
+        """The group's next requests: a step for each env playing (one batched policy call, each
+        action replaced by a uniform one with the random share), a reset for each env whose
+        episode ended, while episodes are left."""
+        nonlocal started
+        playing = [i for i in group if episodes[i] is not None]
+        out = []
+        if playing:
+            with torch.inference_mode():
+                obs = torch.from_numpy(np.stack([np.concatenate(stacks[i]) for i in playing])).to(dev)
+                actions = torch.multinomial(action_probs(policy, obs), 1).squeeze(1).cpu().numpy()
+            random = rng.random(len(playing)) < a.random_action_share
+            actions = np.where(random, rng.integers(0, n_actions, len(playing)), actions)
+            for i, action, was_random in zip(playing, actions.tolist(), random.tolist()):
+                episodes[i]["actions"].append(action)
+                episodes[i]["random"].append(was_random)
+                out.append((i, "step", action))
+        for i in group:
+            if episodes[i] is None and started < a.episodes:
+                seed = env_seed(cfg, i)
+                episodes[i] = {"env": i, "seed": seed, "frames": [], "actions": [], "rewards": [], "terminated": [],
+                               "random": []}
+                out.append((i, "reset", None if seeded[i] else seed))
+                seeded[i] = True
+                started += 1
+        return out
 
-    def choose(playing: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """One batched policy call: its actions, each replaced by a uniform one with the random share."""
-        with torch.no_grad():
-            obs = torch.from_numpy(np.stack([states[i] for i in playing])).to(dev)
-            actions = policy.get_distribution(obs).get_actions().cpu().numpy()
-        random = rng.random(len(playing)) < a.random_action_share
-        return np.where(random, rng.integers(0, n_actions, len(playing)), actions), random
-
-    def step(playing: list[int], actions: np.ndarray, random: np.ndarray) -> list[int]:
-        """Step and record the envs; returns those still playing (an env that ends an episode
-        starts the next unplayed one)."""
-        still = []
-        for i, action, was_random in zip(playing, actions, random):
-            states[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+    def record(sent: list[tuple], answers: list[tuple]) -> None:
+        for (i, op, _), (frame, reward, terminated, truncated) in zip(sent, answers):
             ep = episodes[i]
-            ep["frames"].append(envs[i].frames[-1])
-            ep["actions"].append(action)
-            ep["rewards"].append(reward)
-            ep["terminated"].append(terminated)
-            ep["random"].append(was_random)
-            if terminated or truncated:
-                finish(ep)
-                if start(i):
-                    still.append(i)
-            else:
-                still.append(i)
-        return still
+            ep["frames"].append(frame)
+            stacks[i].extend([frame] * (k if op == "reset" else 1))
+            if op == "step":
+                ep["rewards"].append(reward)
+                ep["terminated"].append(terminated)
+                if terminated or truncated:
+                    finish(ep)
+                    episodes[i] = None
+
+    def send(g: int, sent: list[tuple]) -> None:
+        workers[g % n_workers].send([(i // n_workers, op, arg) for i, op, arg in sent])
 
     t0 = time.perf_counter()
-    active = [i for i in range(len(envs)) if start(i)]
-    while active:
-        active = step(active, *choose(active))
+    try:
+        in_flight = deque()
+        for g, group in enumerate(groups):
+            in_flight.append((g, requests(group)))
+            send(*in_flight[-1])
+        while in_flight:  # answers come back in the order sent; meanwhile the other groups emulate
+            g, sent = in_flight.popleft()
+            record(sent, workers[g % n_workers].recv())
+            if nxt := requests(groups[g]):
+                in_flight.append((g, nxt))
+                send(g, nxt)
+    finally:
+        for w in workers:
+            w.close()
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
-    for env in envs:
-        env.close()
 
     order = np.random.default_rng([cfg.seed, 1]).permutation(written)
     is_val = np.zeros(written, dtype=bool)

@@ -8,7 +8,12 @@ dataset reader alike, so the world model sees exactly what the agent saw.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import traceback
 from collections import deque
+from multiprocessing.connection import Connection
 
 import gymnasium as gym
 import numpy as np
@@ -95,3 +100,74 @@ class FrameStack(gym.Wrapper):
         frame, reward, terminated, truncated, info = self.env.step(action)
         self.frames.append(frame)
         return self.state(), reward, terminated, truncated, info
+
+
+class EnvWorker:
+    """`n_envs` envs stepped in a process of their own, so that emulation goes on while the
+    caller does other work (picks the next actions). `send` queues a list of requests, each
+    (env, "reset", seed or None) or (env, "step", action); `recv` answers one list, in the order
+    sent, with (frame, reward, terminated, truncated) per request: single frames, so that an
+    answer fits in the pipe's buffer and the worker never waits for its reader (the caller
+    stacks them). The process ends when its pipe closes, also when the caller is killed."""
+
+    def __init__(self, cfg: EnvConfig, max_episode_steps: int | None, n_envs: int):
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        # a plain subprocess, not multiprocessing: that would import the caller's main module again
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"from cccad.envs.atari import serve; serve({from_parent}, {to_parent})"],
+            pass_fds=(from_parent, to_parent),
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))))
+        os.close(from_parent)
+        os.close(to_parent)
+        self.out, self.into = Connection(to_child, readable=False), Connection(from_child, writable=False)
+        self.send((cfg, max_episode_steps, n_envs))
+        self.n_actions = self.recv()
+
+    def send(self, requests) -> None:
+        self.out.send(requests)
+
+    def recv(self):
+        try:
+            answer = self.into.recv()
+        except EOFError:
+            raise RuntimeError(f"Atari env worker (pid {self.process.pid}) died") from None
+        if isinstance(answer, str):
+            raise RuntimeError(f"Atari env worker failed:\n{answer}")
+        return answer
+
+    def close(self) -> None:
+        try:
+            self.out.send(None)
+            self.process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):  # already gone, or stuck
+            self.process.kill()
+        self.out.close()
+        self.into.close()
+
+
+def serve(from_parent: int, to_parent: int) -> None:
+    """EnvWorker's process: makes the envs, then answers request lists until it gets None (or
+    its pipe closes: the caller is gone)."""
+    into, out = Connection(from_parent, writable=False), Connection(to_parent, readable=False)
+    try:
+        cfg, max_episode_steps, n_envs = into.recv()
+        envs = [make_env(cfg, max_episode_steps) for _ in range(n_envs)]
+        out.send(int(envs[0].action_space.n))
+        while (requests := into.recv()) is not None:
+            answers = []
+            for i, op, arg in requests:
+                if op == "reset":
+                    frame, _ = envs[i].reset(seed=arg)
+                    answers.append((frame, 0.0, False, False))
+                else:
+                    frame, reward, terminated, truncated, _ = envs[i].step(arg)
+                    answers.append((frame, float(reward), bool(terminated), bool(truncated)))
+            out.send(answers)
+        for env in envs:
+            env.close()
+    except EOFError:  # the caller is gone
+        pass
+    except Exception:
+        out.send(traceback.format_exc())

@@ -24,7 +24,7 @@ fi
 "$here/down.sh" >/dev/null 2>&1 || true
 
 host=$(hostname -s)
-cpus=$(nproc)
+cpus=$(getconf _NPROCESSORS_ONLN)  # (not nproc: it answers OMP_NUM_THREADS when that is set)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 nodes=${NODES:-1}
 ctld_port=${CCCAD_SLURMCTLD_PORT:-16817}
