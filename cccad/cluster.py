@@ -47,6 +47,10 @@ class Resources:
     """What one task of a stage asks SLURM for."""
     nodes: int = 1
     processes: int = 1  # SLURM tasks per node: one process per GPU (or per CPU share under gloo)
+    # fewest nodes the job may start (or restart, after losing a node) on: SLURM --nodes=min-max
+    # with nodes x processes tasks in all, packed onto the nodes it gets (so a ZeRO checkpoint,
+    # split per process, still fits); None: exactly `nodes`
+    min_nodes: int | None = None
     cpus_per_task: int = 1
     gpus_per_task: int = 0
     mem_gb: float = 2.0  # per node
@@ -56,15 +60,22 @@ class Resources:
         for key in ("nodes", "processes", "cpus_per_task", "time_min"):
             if getattr(self, key) < 1:
                 err(key, "must be at least 1")
+        if self.min_nodes is not None and not 1 <= self.min_nodes <= self.nodes:
+            err("min_nodes", f"must be between 1 and nodes ({self.nodes})")
         if self.gpus_per_task < 0:
             err("gpus_per_task", "must be 0 or more")
         if self.mem_gb <= 0:
             err("mem_gb", "must be positive")
 
+    @property
+    def flexible(self) -> bool:
+        return self.min_nodes is not None and self.min_nodes < self.nodes
+
     def describe(self) -> str:
         gpus = f", {self.gpus_per_task} GPU" if self.gpus_per_task else ""
-        return (f"{self.nodes}x{self.processes} proc, {self.cpus_per_task} CPU{gpus}, {self.mem_gb:g} GB, "
-                f"{self.time_min} min")
+        layout = (f"{self.nodes * self.processes} proc on {self.min_nodes}-{self.nodes} nodes" if self.flexible
+                  else f"{self.nodes}x{self.processes} proc")
+        return f"{layout}, {self.cpus_per_task} CPU{gpus}, {self.mem_gb:g} GB, {self.time_min} min"
 
 
 @dataclass
@@ -288,9 +299,13 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
     def executor(res: Resources, name: str, dependency: str, **extra):
         ex = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
                                     python=profile.python())
+        layout = {"nodes": res.nodes, "ntasks_per_node": res.processes}
+        if res.flexible:  # a node range, the number of processes fixed (as sbatch options: submitit
+            # counts tasks as nodes x tasks per node, only for results we do not read)
+            layout, extra = {}, {**extra, "nodes": f"{res.min_nodes}-{res.nodes}", "ntasks": res.nodes * res.processes}
         ex.update_parameters(
             job_name=f"{base.study.name}:{name}", partition=profile.partition, account=profile.account,
-            qos=profile.qos, time=res.time_min, nodes=res.nodes, ntasks_per_node=res.processes,
+            qos=profile.qos, time=res.time_min, **layout,
             cpus_per_task=res.cpus_per_task, gpus_per_task=res.gpus_per_task or None, mem=f"{int(res.mem_gb * 1024)}M",
             signal_delay_s=profile.signal_delay_s, dependency=dependency,
             array_parallelism=profile.array_parallelism, additional_parameters={**profile.sbatch, **extra})

@@ -35,6 +35,7 @@ def study(tmp_path, seeds=(0, 1), variants=None, **sections):
     ({"sbatch": {"dependency": "afterok:1"}}, "sbatch.dependency: is set by cccad submit"),
     ({"array_parallelism": 0}, "array_parallelism: must be at least 1"),
     ({"stages": {"collect": {"processes": 2}}}, "stages.collect.processes: this stage does not train"),
+    ({"stages": {"train": {"nodes": 2, "min_nodes": 3}}}, "stages.train.min_nodes: must be between 1 and nodes (2)"),
 ])
 def test_bad_profile_is_refused_naming_file_and_key(tmp_path, profile, message):
     path = write_yaml(tmp_path / "profile.yaml", profile)
