@@ -13,7 +13,7 @@ from cccad.data.store import DatasetWriter
 
 
 def transitions_per_s(overrides: list[str]) -> float:
-    cfg = load_config(ROOT / "configs" / "base.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / "studies" / "full.yaml", overrides)
     with tempfile.TemporaryDirectory() as tmp:
         writer = DatasetWriter(f"{tmp}/ds", "learning_histories", {}, "bench")
         stats = collect_histories(cfg, writer)

@@ -36,7 +36,7 @@ def run(strategy: str, data: Path, out: Path) -> tuple[float, list[float]]:
         env = dict(os.environ, PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                    LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(SMOKE), "--out", str(out),
-                                       f"train.dataset={data}", f"train.strategy={strategy}", *MODEL, *TRAIN],
+                                       f"inputs.dataset={data}", f"train.strategy={strategy}", *MODEL, *TRAIN],
                                       env=env, stdout=open(out.parent / f"{strategy}.rank{rank}.log", "w"),
                                       stderr=subprocess.STDOUT))
     peaks = []

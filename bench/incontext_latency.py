@@ -22,7 +22,7 @@ from common import ROOT, Row, report
 from cccad.config import load_config
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM, BatchedDarkroom, DarkroomTasks
 from cccad.models.context import History, context_for
-from cccad.stages.train import build_model
+from cccad.models.policies import build_model
 
 LENGTHS = (1024, 4096, 16384)
 
@@ -38,7 +38,7 @@ def one(kind: str, length: int, streams: int, timed: int, repeats: int) -> dict:
     overrides = [f"model.kind={kind}"]
     if kind == "ad":
         overrides.append(f"model.context_len={length + timed}")
-    cfg = load_config(ROOT / "configs" / "base.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / "studies" / "full.yaml", overrides)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     tasks = DarkroomTasks(cfg.env)

@@ -15,8 +15,8 @@ from common import ROOT, Row, matmul_gflops, report
 from cccad.config import config_hash, load_config
 from cccad.data.histories import collect_histories
 from cccad.data.store import DatasetWriter
+from cccad.data.collected import KIND, dataset_config
 from cccad.stages import train
-from cccad.stages.collect import KIND, dataset_config
 
 
 def measure(config: str, steps: int, tmp: Path) -> tuple[float, float, str]:
@@ -26,10 +26,10 @@ def measure(config: str, steps: int, tmp: Path) -> tuple[float, float, str]:
     cfg = load_config(config, base)
     expect = dataset_config(cfg)
     data = tmp / f"ds-{Path(config).stem}"
-    writer = DatasetWriter(data, KIND, expect, config_hash(expect))
+    writer = DatasetWriter(data, KIND["darkroom"], expect, config_hash(expect))
     stats = collect_histories(cfg, writer)
     writer.commit({"transitions": stats["transitions"]}, stats)
-    cfg = load_config(config, base + [f"train.dataset={data}"])
+    cfg = load_config(config, base + [f"inputs.dataset={data}"])
     result = train.run(cfg, tmp / f"run-{Path(config).stem}", log=lambda *_: None)
     rate = float(np.mean([h["samples_per_s"] for h in result["history"][len(result["history"]) // 2:]]))
     m = cfg.model
@@ -44,7 +44,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for config, name in ((ROOT / "configs" / "studies" / "reference.yaml", "reference model"),
-                             (ROOT / "configs" / "base.yaml", "full-study model")):
+                             (ROOT / "configs" / "studies" / "full.yaml", "full-study model")):
             peak = matmul_gflops()
             rate, achieved, label = measure(str(config), a.steps, Path(tmp))
             peak = max(peak, matmul_gflops())

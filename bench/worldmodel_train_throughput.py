@@ -14,16 +14,15 @@ from common import ROOT, Row, report
 
 from cccad.config import config_hash, load_config
 from cccad.data.store import DatasetWriter
-from cccad.data.transitions import collect_transitions, make_agent
-from cccad.stages import train_encoder_decoder, train_jepa, world
-from cccad.stages.collect import ATARI_KIND, dataset_config
+from cccad.data.collected import KIND, dataset_config
+from cccad.data.transitions import collect_transitions, make_agent, open_transitions
+from cccad.stages import train_encoder_decoder, train_jepa
 
 
 def loader_samples_per_s(cfg, data, seconds: float = 3.0) -> float:
-    batch, _ = world.sampler(cfg, data)
     n, t, step = 0, time.perf_counter(), 0
     while time.perf_counter() - t < seconds:
-        batch(np.random.default_rng([cfg.seed, step]), cfg.train.batch_size, slice(None), step)
+        data.train_batch(np.random.default_rng([cfg.seed, step]), cfg.train.batch_size, slice(None), step)
         n, step = n + cfg.train.batch_size, step + 1
     return n / (time.perf_counter() - t)
 
@@ -41,11 +40,11 @@ def main():
         cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml", base)
         expect = dataset_config(cfg)
         data_dir = Path(tmp) / "dataset"
-        writer = DatasetWriter(data_dir, ATARI_KIND, expect, config_hash(expect))
+        writer = DatasetWriter(data_dir, KIND["atari"], expect, config_hash(expect))
         stats = collect_transitions(cfg, make_agent(cfg).policy, writer)
         writer.commit({"transitions": stats["transitions"]}, stats | {"agent_returns": [], "agent_seconds": 0})
-        cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml", base + [f"train.dataset={data_dir}"])
-        data = world.open_transitions(cfg)
+        cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml", base + [f"inputs.dataset={data_dir}"])
+        data = open_transitions(cfg)
         for name, stage in (("encoder-decoder", train_encoder_decoder), ("JEPA", train_jepa)):
             result = stage.run(cfg, Path(tmp) / name, log=lambda *_: None)
             rate = float(np.mean([h["samples_per_s"] for h in result["history"][len(result["history"]) // 2:]]))

@@ -13,9 +13,10 @@ from cccad.config import ConfigError, dump_yaml, load_config
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
 from cccad.report import write_report
-from cccad.runinfo import read_metrics, remove_metrics, write_manifest, write_metrics
+from cccad.runinfo import read_metrics, remove_metrics, run_folder, write_manifest, write_metrics
 from cccad.stages import STAGES
-from cccad.trainer import EXIT_INTERRUPTED, CheckpointError, Interrupted, OtherProcessDone, PeerLost
+from cccad.checkpoint import CheckpointError
+from cccad.trainer import EXIT_INTERRUPTED, Interrupted, OtherProcessDone, PeerLost
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, OSError)
 
@@ -24,7 +25,7 @@ def cmd_run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     stage = STAGES[args.stage]
     stage.preflight(cfg)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.stage.replace('_', '-')}-{cfg.env.name}-seed{cfg.seed}"
+    run_dir = Path(args.out or Path("runs") / run_folder(args.stage, cfg.env.name, cfg.seed))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not stage.TRAINS:
         raise ConfigError(f"stage {args.stage} runs as one process (it does not train); it was started as {processes}")
@@ -49,23 +50,9 @@ def cmd_local(args) -> int:
     print(f"study {base.study.name}: {len(tasks)} tasks under {root}")
     status = run_local(tasks, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
-    for task in tasks:
-        metrics = read_metrics(task.run_dir) if task.stage != "collect" else None
-        if metrics and "final_normalised_return" in metrics:
-            print(f"  {task.name}: last in-context episode return / optimal = {metrics['final_normalised_return']:.3f}"
-                  + (f" ({metrics['compressions']} compressions)" if metrics.get("compressions") else ""))
-        if metrics and "per_depth" in metrics:
-            deepest = metrics["per_depth"][max(metrics["per_depth"], key=int)]
-            print(f"  {task.name}: goal probe accuracy at the deepest window: "
-                  + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in deepest.items())
-                  + f" (mean-goal guess {metrics['chance']['accuracy']:.3f})")
-        if metrics and "decoder_l1" in metrics:
-            print(f"  {task.name}: held-out next-frame L1 {metrics['decoder_l1']:.4f} (mean frame "
-                  f"{metrics['mean_frame_l1']:.4f}, copy current frame {metrics['copy_frame_l1']:.4f})")
-        if metrics and "per_encoder" in metrics:
-            print(f"  {task.name}: held-out reward MSE " + ", ".join(
-                f"{k} {v['reward_mse']:.4f}" for k, v in metrics["per_encoder"].items())
-                + f" (mean-reward floor {metrics['mean_reward_mse']:.4f})")
+    for task in tasks:  # each complete run in a line, as its stage sums it up
+        if task.complete():
+            print(f"  {task.name}: {STAGES[task.stage].summary(read_metrics(task.run_dir))}")
     for name in failed:
         print(f"  {status[name]}: {name}")
     print(f"study {base.study.name}: {len(tasks) - len(failed)}/{len(tasks)} tasks complete; results in {root}")

@@ -12,6 +12,7 @@ import difflib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -26,14 +27,30 @@ class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and where it came from."""
 
 
-ENV_NAMES = ("darkroom", "darkroom_hard", "dark_key_to_door", "atari")
 DARKROOM_KEYS = ("size", "horizon", "test_fraction", "split_seed")
 ATARI_KEYS = ("game", "frame_size", "grayscale", "frame_skip", "sticky_actions", "frame_stack")
 
 
+@dataclass(frozen=True)
+class DarkroomRules:
+    """A Darkroom-family env (the agent sees only its own (x, y); the task is hidden): the agent must
+    reach `targets` cells in order, each rewarded 1 on the first arrival; with `stay_rewarded`,
+    every step on the last target is rewarded. A task is the targets' cells (all distinct)."""
+    targets: int
+    stay_rewarded: bool
+
+
+# the Darkroom family: a new env of it is a row here and a configs/envs/<name>.yaml
+DARKROOM_RULES = {
+    "darkroom": DarkroomRules(targets=1, stay_rewarded=True),  # reward on every step spent on the goal
+    "darkroom_hard": DarkroomRules(targets=1, stay_rewarded=False),  # reward on reaching the goal, once
+    "dark_key_to_door": DarkroomRules(targets=2, stay_rewarded=False),  # the key, then the door
+}
+
+
 @dataclass
 class EnvConfig:
-    name: Literal["darkroom", "darkroom_hard", "dark_key_to_door", "atari"] = "darkroom"
+    name: str = "darkroom"  # a Darkroom-family env (DARKROOM_RULES) or atari
     # Darkroom family
     size: int = 9  # grid side
     horizon: int = 20  # steps per episode
@@ -51,7 +68,13 @@ class EnvConfig:
     def family(self) -> str:
         return "atari" if self.name == "atari" else "darkroom"
 
+    @property
+    def rules(self) -> DarkroomRules:
+        return DARKROOM_RULES[self.name]
+
     def check(self, err):
+        if self.name != "atari" and self.name not in DARKROOM_RULES:
+            err("name", f"'{self.name}' is not one of: {', '.join([*DARKROOM_RULES, 'atari'])}")
         if self.family == "atari":
             if not self.game.startswith("ALE/"):
                 err("game", f"'{self.game}' is not an ALE game id (like ALE/Assault-v5)")
@@ -70,7 +93,7 @@ class EnvConfig:
         if not 0.0 < self.test_fraction < 1.0:
             err("test_fraction", "must be between 0 and 1 (exclusive)")
         elif self.size <= 256:  # (larger grids are refused below)
-            n_tasks = self.size ** 4 - self.size ** 2 if self.name == "dark_key_to_door" else self.size ** 2
+            n_tasks = math.perm(self.size ** 2, self.rules.targets)
             if max(1, round(self.test_fraction * n_tasks)) >= n_tasks:
                 err("test_fraction", f"holds out all {n_tasks} tasks, leaving none to train on")
         if self.size > 256:
@@ -80,14 +103,14 @@ class EnvConfig:
 @dataclass
 class CollectConfig:
     source: Literal["qlearning", "sb3_ppo"] = "qlearning"
-    streams_per_task: int = 50  # independent learning histories per training task
-    episodes: int = 400  # episodes in each learning history
+    streams_per_task: int = 20  # independent learning histories per training task
+    episodes: int = 120  # episodes in each learning history
     # batched tabular Q-learning
-    q_lr: float = 0.3
+    q_lr: float = 1.0
     gamma: float = 0.9
     q_init: float = 1.0  # optimistic initial value: drives systematic exploration
-    eps_start: float = 1.0
-    eps_end: float = 0.05
+    eps_start: float = 0.1
+    eps_end: float = 0.0
     eps_decay_fraction: float = 0.5  # share of the history over which epsilon decays linearly
     backward_replay: bool = True  # after each episode, replay it backwards (fast credit assignment)
     # stable-baselines3 PPO (per task, slow; for fidelity with published setups)
@@ -147,7 +170,8 @@ class CurriculumPhase:
 
 @dataclass
 class PretrainConfig:
-    """CompressedAD stage 1 (`pretrain_encoder`); key names as in the seed's pretrain_encoder.yaml."""
+    """CompressedAD stage 1 (`pretrain_encoder`); key names as in the CompressedAD encoder
+    pre-training guide's pretrain_encoder.yaml."""
     pretrain_steps: int = 50000
     pretrain_batch_size: int = 128
     pretrain_lr: float = 0.0003
@@ -189,11 +213,7 @@ class PretrainConfig:
 
 @dataclass
 class TrainConfig:
-    dataset: str = ""  # folder of the collected dataset; the study runner fills it in
-    # CompressedAD stage 2: start from a pre-trained encoder (a pretrain_encoder run's
-    # encoder-pretrained-final.pt; in a study variant "@pretrain_encoder" means this env and seed's)
-    pretrained_encoder_path: str = ""
-    freeze_encoder: bool = False
+    freeze_encoder: bool = False  # CompressedAD from a pre-trained encoder (inputs.pretrained_encoder_path): keep it as it is
     steps: int = 20000
     batch_size: int = 64
     lr: float = 0.0003
@@ -236,7 +256,6 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    checkpoint: str = ""  # run folder of the trained model; the study runner fills it in
     episodes: int = 40  # consecutive in-context episodes, context carried across them
     streams_per_task: int = 4  # independent evaluation streams per held-out task
     greedy: bool = False  # sample actions (as AD does) unless true
@@ -250,10 +269,8 @@ class EvaluateConfig:
 
 @dataclass
 class ProbeConfig:
-    """Goal-position probe on frozen representations of a trained model."""
-    checkpoint: str = ""  # train run folder; the study runner fills it in
-    dataset: str = ""  # collect run folder's dataset; the study runner fills it in
-    steps: int = 1000
+    """Heads trained on frozen nets: the goal-position probe (Darkroom) and the world-model probes."""
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 0.001
     val_fraction: float = 0.2  # share of streams whose windows are only used to score the probe
@@ -313,7 +330,7 @@ class AtariConfig:
 
 @dataclass
 class WorldModelConfig:
-    """Seed 004's nets (Encoder, Predictor, Decoder, RewardPredictor) and the JEPA target."""
+    """The world-model nets (Encoder, Predictor, Decoder, RewardPredictor) and the JEPA target."""
     latent_dim: int = 256
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # stride-2 conv stages
     predictor_hidden: int = 512
@@ -322,9 +339,6 @@ class WorldModelConfig:
     ema_momentum: float = 0.996  # JEPA target encoder: target = m * target + (1 - m) * encoder
     ema_momentum_end: float = 0.996  # m goes linearly from ema_momentum to this over training
     collapse_spread: float = 0.01  # warn when the JEPA latents' spread (std across the batch / RMS) falls below
-    # trained runs the probes read; the study runner fills them in
-    encoder_decoder_run: str = ""
-    jepa_run: str = ""
 
     def check(self, err):
         for key in ("latent_dim", "predictor_hidden", "action_embed", "reward_hidden"):
@@ -339,7 +353,20 @@ class WorldModelConfig:
             err("collapse_spread", "must be >= 0")
 
 
-STAGE_NAMES = ("collect", "pretrain_encoder", "train", "evaluate", "probe", "train_encoder_decoder", "train_jepa",
+@dataclass
+class InputsConfig:
+    """What a stage reads from other runs: paths, which the study runner fills in from the
+    upstream tasks (by hand: give them on the command line). Never part of a run's identity: that
+    is decided by the config that made the input (its own sections), not by where it lies."""
+    dataset: str = ""  # a collect run's dataset folder
+    pretrained_encoder_path: str = ""  # a pretrain_encoder run's encoder-pretrained-final.pt (CompressedAD)
+    train_run: str = ""  # a train run folder (evaluate, probe)
+    encoder_decoder_run: str = ""  # a train_encoder_decoder run folder (world-model probes)
+    jepa_run: str = ""  # a train_jepa run folder (world-model probes)
+
+
+# every stage (a module of cccad/stages), in dependency order: the one list of them
+STAGE_NAMES = ("collect", "pretrain_encoder", "train", "probe", "evaluate", "train_encoder_decoder", "train_jepa",
                "train_jepa_decoder", "train_reward_predictor", "train_dynamics_reward_predictor")
 
 
@@ -379,6 +406,7 @@ class Config:
     atari: AtariConfig = field(default_factory=AtariConfig)
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
 
     def check(self, err):
         if self.env.family == "atari":
@@ -387,9 +415,10 @@ class Config:
                 err("env.frame_size", f"must be divisible by 2^{levels} (world_model.channels has {levels} "
                     "stride-2 stages)", related="world_model.channels")
         if self.model.kind == "ad":
-            for key in ("pretrained_encoder_path", "freeze_encoder"):
-                if getattr(self.train, key):
-                    err(f"train.{key}", "applies to model.kind compressed_ad only", related="model.kind")
+            for key in ("inputs.pretrained_encoder_path", "train.freeze_encoder"):
+                section, _, name = key.partition(".")
+                if getattr(getattr(self, section), name):
+                    err(key, "applies to model.kind compressed_ad only", related="model.kind")
         deepest = max((d for p in self.pretrain.curriculum for d in p.depths), default=0)
         if deepest > self.model.max_compression_depth:
             err("pretrain.curriculum", f"uses depth {deepest}, beyond model.max_compression_depth="
@@ -398,12 +427,38 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_train(self, **changes) -> Config:
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
+
+    def for_probe(self) -> Config:
+        """Heads on frozen nets train with the probe section's steps, batch and lr, at a constant lr."""
+        p = self.probe
+        return self.with_train(steps=p.steps, batch_size=p.batch_size, lr=p.lr, num_warmup_steps=0,
+                               schedule="constant", weight_decay=0.0)
+
+    def for_pretraining(self) -> Config:
+        """CompressedAD's encoder pre-training runs the training loop with the pretrain section's
+        steps, batch, lr and warmup."""
+        p = self.pretrain
+        return self.with_train(steps=p.pretrain_steps, batch_size=p.pretrain_batch_size, lr=p.pretrain_lr,
+                               num_warmup_steps=p.pretrain_warmup_steps)
+
+
+# keys that say how a run goes, not what it makes: never part of a run's identity (a study done
+# under DDP is done for ZeRO-2 too; a checkpoint records its strategy and is refused by another)
+HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
+# when a run logs, validates and checkpoints: part of its outputs' identity (the logged history),
+# not of its weights' (a checkpoint resumes under another cadence)
+CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.val_every",
+           "train.val_batches")
+
 
 def pick(cfg: Config, *sections: str, drop: tuple[str, ...] = ()) -> dict:
-    """The given top-level sections of cfg as a dict, less the dotted keys in `drop`."""
+    """What decides a stage's outputs: the given top-level sections of cfg as a dict, less the
+    dotted keys in `drop` and HOW_NOT_WHAT (and never `inputs`: see InputsConfig)."""
     d = cfg.to_dict()
     out = {s: copy.deepcopy(d[s]) for s in sections}
-    for key in drop:
+    for key in drop + HOW_NOT_WHAT:
         section, _, name = key.partition(".")
         if section in out:
             out[section].pop(name, None)

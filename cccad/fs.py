@@ -56,6 +56,14 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON file's contents, or None if it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_torch_save(path: Path, obj) -> None:
     _atomic(path, lambda f: torch.save(obj, f))
 

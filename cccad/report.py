@@ -8,7 +8,6 @@ or not run, with the reason, so a mean over fewer seeds is never silent.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from cccad.config import Config, dump_yaml
-from cccad.fs import atomic_write_bytes, atomic_write_text
+from cccad.fs import atomic_write_bytes, atomic_write_text, read_json
 from cccad.plots import band_plot, bar_plot
 from cccad.runinfo import MANIFEST, git_commit, read_metrics, run_hash, unreadable_metrics
+from cccad.sections import Bars, Column, Curves, RunImage, Section
 from cccad.stages import STAGES
-from cccad.stages.world import DECODED_FRAMES
 from cccad.study import Task, build_tasks
 
 REPORT = "report.md"
@@ -95,15 +94,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(row) + " |" for row in rows] + [""])
 
 
-def stat_table(rows: list[tuple], columns: list[tuple], labels: list[str]) -> list[str]:
-    """rows: (label cells, the row's runs over seeds[, view: metrics -> the dict the columns read]);
-    columns: (header, dict -> value or None, digits)."""
+def stat_table(rows: list[tuple], columns: tuple[Column, ...], labels: list[str]) -> list[str]:
+    """rows: (label cells, the row's runs over seeds, view: metrics -> the dict the columns read)."""
     body = []
-    for label, rs, *view in rows:
-        done = [(view[0] if view else dict)(r.metrics) for r in rs if r.metrics is not None]
-        values = [[v for m in done if (v := fn(m)) is not None] for _, fn, _ in columns]
-        body.append(label + [f"{len(done)}/{len(rs)}"] + [cell(v, d) for v, (_, _, d) in zip(values, columns)])
-    return markdown_table(labels + ["seeds"] + [h for h, _, _ in columns], body)
+    for label, rs, view in rows:
+        done = [view(r.metrics) for r in rs if r.metrics is not None]
+        values = [[v for m in done if (v := c.value(m)) is not None] for c in columns]
+        body.append(label + [f"{len(done)}/{len(rs)}"] + [cell(v, c.digits) for v, c in zip(values, columns)])
+    return markdown_table(labels + ["seeds"] + [c.header for c in columns], body)
 
 
 def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
@@ -114,17 +112,18 @@ def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
     return x, mean, mean - half, mean + half
 
 
-def scalars(run_dir: Path, tag: str | None = None, suffix: str = "/loss") -> tuple[str, np.ndarray, np.ndarray] | None:
-    """A TensorBoard scalar of a run: `tag`, or the first tag ending in `suffix` that is not a
-    validation one."""
+def scalars(run_dir: Path, tags: tuple[str, ...] = ()) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """A TensorBoard scalar of a run: the first of `tags` it has, or without `tags` its training
+    loss (the first tag ending in /loss that is not a validation one)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not (run_dir / "tb").is_dir():
         return None
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    tag = tag if tag in tags else next((t for t in tags if t.endswith(suffix) and not t.startswith("val/")), None)
+    have = acc.Tags()["scalars"]
+    tag = next((t for t in tags if t in have), None) if tags else \
+        next((t for t in have if t.endswith("/loss") and not t.startswith("val/")), None)
     if tag is None:
         return None
     events = acc.Scalars(tag)
@@ -132,7 +131,8 @@ def scalars(run_dir: Path, tag: str | None = None, suffix: str = "/loss") -> tup
 
 
 class Report:
-    """The report's sections, each from one or more stages' runs; each adds lines and plots."""
+    """The report's sections: every stage's own (its `REPORT`), then the training curves, runs and
+    provenance. Each adds lines and plots."""
 
     def __init__(self, runs: list[Run], out: Path):
         self.runs, self.out, self.lines, self.plots = runs, out, [], []
@@ -147,176 +147,88 @@ class Report:
         self.plots.append(name)
         self.lines += [f"![{caption}]({name})", ""]
 
-    def section(self, title: str, text: str = "") -> None:
+    def heading(self, title: str, text: str = "") -> None:
         self.lines += [f"## {title}", ""] + ([text, ""] if text else [])
 
-    # ------------------------------------------------------------------ Darkroom family
-    def in_context(self) -> None:
-        g = groups(self.runs, "evaluate")
-        if not g:
-            return
-        self.section("In-context evaluation on held-out goals",
-                     "Return of the last in-context episode divided by the optimal return, averaged over held-out "
-                     "goals; mean ± 95% interval over seeds. No weight updates during evaluation.")
-        self.lines += stat_table([([r[0].task.env, r[0].task.variant or ""], r) for r in g.values()], [
-            ("final normalised return", lambda m: m["final_normalised_return"], 3),
-            ("final return", lambda m: m["final_return"], 2),
-            ("compressions per stream", lambda m: m["compressions"], 0)], ["env", "variant"])
-        for env in dict.fromkeys(k[0] for k in g):
-            curves = {}
-            for key, rs in g.items():
-                done = [r.metrics["normalised_return_curve"] for r in rs if key[0] == env and r.metrics]
-                if done:
-                    curves[key[1] or env] = mean_band([(np.arange(1, len(c) + 1), np.asarray(c)) for c in done])
-            if curves:
-                self.plot(f"in_context-{env}.png", lambda p: band_plot(
-                    p, curves, f"in-context learning on held-out goals ({env})", "episode", "return / optimal",
-                    hline=1.0), f"in-context curves, {env}")
+    def stage_sections(self) -> None:
+        """Results first: stages in reverse dependency order; sections of several stages with the
+        same title share one table."""
+        parts: dict[str, list[tuple[str, Section]]] = {}
+        for stage in reversed(STAGES):
+            if groups(self.runs, stage):
+                for section in STAGES[stage].REPORT:
+                    parts.setdefault(section.title, []).append((stage, section))
+        for title, shared in parts.items():
+            self.section(shared)
 
-    def pretraining(self) -> None:
-        g = groups(self.runs, "pretrain_encoder")
-        if not g:
-            return
-        self.section("Encoder pre-training (reconstruction, depth curriculum)",
-                     "Correlation between reconstructed and true transitions on held-out streams at the end of "
-                     "pre-training.")
-        self.lines += stat_table([([k[0]], rs) for k, rs in g.items()], [
-            ("validation correlation", lambda m: m.get("final_val_correlation"), 3),
-            ("validation loss", lambda m: m.get("final_val_loss"), 4),
-            ("first training loss", lambda m: m.get("initial_loss"), 4)], ["env"])
-
-    def action_training(self) -> None:
-        g = groups(self.runs, "train")
-        if not g:
-            return
-        self.section("Action prediction (train)", "Cross-entropy of the next action on validation streams, "
-                     "against the uniform guess (chance loss).")
-        self.lines += stat_table([([k[0], k[1] or ""], rs) for k, rs in g.items()], [
-            ("validation loss", lambda m: m.get("final_val_loss"), 4),
-            ("chance loss", lambda m: m.get("chance_loss"), 4),
-            ("samples/s", lambda m: m.get("samples_per_s"), 0)], ["env", "variant"])
-
-    def goal_probe(self) -> None:
-        g = groups(self.runs, "probe")
-        if not g:
-            return
-        self.section("Goal-position probe", "Share of held-out streams whose goal cell a linear read-out of the "
-                     "frozen representation gets exactly right, at the deepest window probed, against guessing "
-                     "the mean goal.")
-        kinds = sorted({k for rs in g.values() for r in rs if r.metrics
-                        for k in r.metrics["per_depth"][deepest(r.metrics)]}, reverse=True)
-        cols = [(f"accuracy, {k}", lambda m, k=k: m["per_depth"][deepest(m)].get(k, {}).get("accuracy"), 3) for k in kinds]
-        cols.append(("mean-goal guess", lambda m: m["chance"]["accuracy"], 3))
-        self.lines += stat_table([([k[0], k[1] or ""], rs) for k, rs in g.items()], cols, ["env", "variant"])
-        bars, errs, floor = {}, {}, []
-        for key, rs in g.items():
-            for k in kinds:
-                vals = [m["per_depth"][deepest(m)][k]["accuracy"] for r in rs if (m := r.metrics)
-                        and k in m["per_depth"][deepest(m)]]
-                if vals:
-                    name = self.label(key[0], f"{key[1] or 'model'}, {k}")
-                    bars[name], errs[name] = float(np.mean(vals)), float(half_width(np.asarray(vals)))
-            floor += [r.metrics["chance"]["accuracy"] for r in rs if r.metrics]
-        if bars:
-            self.plot("goal_probe.png", lambda p: bar_plot(p, bars, "goal-position probe, deepest window",
-                                                           "accuracy", float(np.mean(floor)), "mean-goal guess",
-                                                           errs), "goal probe accuracy")
-
-    # ------------------------------------------------------------------ Atari family
-    def decoders(self) -> None:
-        rows = [([k[0], name], rs) for stage, name in (("train_encoder_decoder", "encoder-decoder"),
-                                                        ("train_jepa_decoder", "JEPA + decoder probe"))
-                for k, rs in groups(self.runs, stage).items()]
-        if not rows:
-            return
-        self.section("Next-frame decoding", "Mean absolute error (pixels in [0, 1]) of the decoded next frame "
-                     "on held-out transitions, against two floors: copying the current frame, and the mean frame.")
-        self.lines += stat_table(rows, [("decoder L1", lambda m: m["decoder_l1"], 4),
-                                        ("copy-frame L1", lambda m: m["copy_frame_l1"], 4),
-                                        ("mean-frame L1", lambda m: m["mean_frame_l1"], 4)], ["env", "model"])
-        bars, errs, floor = {}, {}, []
-        for (env, name), rs in rows:
-            vals = [r.metrics["decoder_l1"] for r in rs if r.metrics]
-            floor += [r.metrics["copy_frame_l1"] for r in rs if r.metrics]
-            if vals:
-                bar = self.label(env, name)
-                bars[bar], errs[bar] = float(np.mean(vals)), float(half_width(np.asarray(vals)))
-            first = next((r for r in rs if r.metrics and (r.task.run_dir / DECODED_FRAMES).is_file()), None)
-            if first:  # the stage's own grid of real and decoded frames, from its first complete seed
-                self.plot(f"frames-{first.task.stage}-{env}.png",
-                          lambda p: atomic_write_bytes(p, (first.task.run_dir / DECODED_FRAMES).read_bytes()),
-                          f"real and decoded next frames, {name}, {env} seed {first.task.seed}")
-        if bars:
-            self.plot("decoder_probe.png", lambda p: bar_plot(p, bars, "held-out next-frame L1", "L1",
-                                                              float(np.mean(floor)), "copy current frame", errs),
-                      "decoder L1")
-
-    def reward_probes(self) -> None:
+    def section(self, parts: list[tuple[str, Section]]) -> None:
+        """One table of every part's rows (label cells, runs over seeds, view of their metrics), then
+        the plots: curves and bars over the rows, each part's run images."""
+        first = parts[0][1]
         rows = []
-        for stage in ("train_reward_predictor", "train_dynamics_reward_predictor"):
-            next_latent = "predicted" if "dynamics" in stage else "true"
-            for key, rs in groups(self.runs, stage).items():
-                encoders = dict.fromkeys(e for r in rs if r.metrics for e in r.metrics["per_encoder"])
-                rows += [([key[0], enc, next_latent], rs, lambda m, e=enc: {**m, **m["per_encoder"].get(e, {})})
-                         for enc in encoders or ["–"]]
-        if not rows:
-            return
-        self.section("Reward probes", "MSE of the reward predicted from frozen latents (z_t and the true or the "
-                     "predicted z_{t+1}) on held-out transitions, against always predicting the mean training "
-                     "reward.")
-        self.lines += stat_table(rows, [("reward MSE", lambda m: m.get("reward_mse"), 4),
-                                        ("mean-reward floor", lambda m: m["mean_reward_mse"], 4),
-                                        ("rewarded held-out transitions", lambda m: m.get("val_rewarded"), 0)],
-                                 ["env", "encoder", "next latent"])
+        for stage, sec in parts:
+            for (env, variant), rs in groups(self.runs, stage).items():
+                if sec.views is None:
+                    rows.append(([env] + ([sec.row or variant or ""] if len(sec.labels) > 1 else []), rs, dict))
+                    continue
+                keys = dict.fromkeys(k for r in rs if r.metrics for k in sec.views(r.metrics))
+                for key in keys or [("–",) * (len(sec.labels) - 1)]:
+                    rows.append(([env, *key], rs, lambda m, key=key, views=sec.views: views(m).get(key, {})))
+        self.heading(first.title, first.text)
+        self.lines += stat_table(rows, first.columns, list(first.labels))
+        for plot in first.plots:
+            if isinstance(plot, Curves):
+                self.curves(plot, rows)
+            elif isinstance(plot, Bars):
+                self.bars(plot, rows)
+        for stage, sec in parts:
+            for image in (p for p in sec.plots if isinstance(p, RunImage)):
+                self.run_images(stage, image)
+
+    def curves(self, plot: Curves, rows: list) -> None:
+        for env in dict.fromkeys(label[0] for label, _, _ in rows):
+            lines = {}
+            for label, rs, view in rows:
+                done = [r for r in rs if r.metrics and label[0] == env]
+                if plot.curve:
+                    series = [(np.arange(1, len(c) + 1), np.asarray(c)) for r in done if (c := plot.curve(view(r.metrics)))]
+                else:
+                    series = [c[1:] for r in done if (c := scalars(r.task.run_dir, plot.tags))]
+                if series:
+                    lines[" ".join(label[1:]) or env] = mean_band(series)
+            if lines:
+                title = plot.title.format(env=env)
+                self.plot(f"{plot.file}-{env}.png", lambda p: band_plot(p, lines, title, plot.xlabel, plot.ylabel,
+                                                                      hline=plot.hline), title)
+
+    def bars(self, plot: Bars, rows: list) -> None:
         bars, errs, floor = {}, {}, []
-        for (env, enc, next_latent), rs, view in rows:
+        for label, rs, view in rows:
             done = [view(r.metrics) for r in rs if r.metrics]
-            vals = np.asarray([m["reward_mse"] for m in done if "reward_mse" in m])
-            floor += [m["mean_reward_mse"] for m in done]
-            if len(vals):
-                name = self.label(env, f"{enc}, {next_latent}")
-                bars[name], errs[name] = float(vals.mean()), float(half_width(vals))
+            floor += [plot.floor(m) for m in done if plot.floor(m) is not None]
+            for name in dict.fromkeys(n for m in done for n in plot.values(m)):
+                vals = np.asarray([v for m in done if (v := plot.values(m).get(name)) is not None], float)
+                if len(vals):
+                    bar = self.label(label[0], ", ".join(x for x in [*label[1:], name] if x) or "model")
+                    bars[bar], errs[bar] = float(vals.mean()), float(half_width(vals))
         if bars:
-            self.plot("reward_probe.png", lambda p: bar_plot(p, bars, "held-out reward MSE", "MSE",
-                                                             float(np.mean(floor)), "mean-reward floor", errs),
-                      "reward probe MSE")
+            self.plot(f"{plot.file}.png", lambda p: bar_plot(p, bars, plot.title, plot.ylabel, float(np.mean(floor)),
+                                                           plot.floor_label, errs), plot.title)
 
-    def jepa_collapse(self) -> None:
-        g = groups(self.runs, "train_jepa")
-        if not g:
-            return
-        self.section("JEPA latent spread", "Spread of the online encoder's latents across a batch at the first "
-                     "and last logged step: a spread falling toward zero is representation collapse.")
-        self.lines += stat_table([([k[0]], rs) for k, rs in g.items()], [
-            ("first spread", lambda m: m.get("first_latent_spread"), 4),
-            ("final spread", lambda m: m.get("final_latent_spread"), 4),
-            ("collapse warnings", lambda m: len(m.get("collapse_warnings") or []), 0)], ["env"])
-
-    # ------------------------------------------------------------------ every family
-    def collection(self) -> None:
-        g = groups(self.runs, "collect")
-        if not g:
-            return
-        self.section("Data collection", "Transitions recorded, and the return of the source algorithm "
-                     "(Darkroom: the learner whose histories are distilled; Atari: the PPO agent).")
-        self.lines += stat_table([([k[0]], rs) for k, rs in g.items()], [
-            ("transitions", lambda m: m.get("transitions"), 0),
-            ("source's last normalised return", lambda m: m.get("last_normalised_return"), 3),
-            ("PPO agent's last return", lambda m: m.get("agent_last_return"), 1),
-            ("transitions/s", lambda m: m.get("transitions_per_s"), 0)], ["env"])
-        for (env, _), rs in g.items():
-            curves = [c[1:] for r in rs if r.metrics and (c := scalars(r.task.run_dir, "collect/normalised_return",
-                                                                        "return"))]
-            if curves:
-                self.plot(f"collect-{env}.png", lambda p: band_plot(
-                    p, {env: mean_band(curves)}, f"source algorithm during collection ({env})", "episode or step",
-                    "return"), f"collection return, {env}")
+    def run_images(self, stage: str, image: RunImage) -> None:
+        """The stage's own picture from each row's first complete seed."""
+        for (env, variant), rs in groups(self.runs, stage).items():
+            first = next((r for r in rs if r.metrics and (r.task.run_dir / image.file).is_file()), None)
+            if first:
+                name = f"{Path(image.file).stem}-{first.task.run_dir.name}.png"
+                self.plot(name, lambda p: atomic_write_bytes(p, (first.task.run_dir / image.file).read_bytes()),
+                          f"{image.caption}, {first.task.name}")
 
     def training_curves(self) -> None:
         trained = [s for s in STAGES if STAGES[s].TRAINS and groups(self.runs, s)]
         if not trained:
             return
-        self.section("Training curves", "Training loss per logged step: mean over seeds, band the 95% interval "
+        self.heading("Training curves", "Training loss per logged step: mean over seeds, band the 95% interval "
                      "(none with one seed).")
         for stage in trained:
             by_env: dict[str, dict] = {}
@@ -330,7 +242,7 @@ class Report:
 
     def runs_and_provenance(self, base: Config, study_file: str, overrides: list[str]) -> None:
         problems = [r for r in self.runs if r.state != "complete"]
-        self.section("Runs", f"{len(self.runs) - len(problems)} of {len(self.runs)} runs complete."
+        self.heading("Runs", f"{len(self.runs) - len(problems)} of {len(self.runs)} runs complete."
                      + (" Not complete, so not in the tables above:" if problems else ""))
         self.lines += [f"- `{r.task.name}`: {r.state}: {r.why}" for r in problems] + ([""] if problems else [])
         commits = Counter()
@@ -344,24 +256,13 @@ class Report:
             rows.append([r.task.name, r.state, r.metrics["config_hash"] if r.metrics else "",
                          commit if r.metrics else "", f"{r.metrics['wall_seconds']:.0f}" if r.metrics else ""])
         now = git_commit()
-        self.section("Provenance", f"Study `{base.study.name}` from `{study_file}`"
+        self.heading("Provenance", f"Study `{base.study.name}` from `{study_file}`"
                      + (f" with overrides `{' '.join(overrides)}`" if overrides else "")
                      + "; its resolved config is `study.yaml` beside this report. Code of the complete runs: "
                      + (", ".join(f"`{c}` ({n} runs)" for c, n in commits.items()) or "none")
                      + f". Report written {time.strftime('%Y-%m-%d %H:%M:%S')} by `{(now.get('commit') or '?')[:12]}"
                      + ("+dirty" if now.get("dirty") else "") + "`.")
         self.lines += markdown_table(["run", "state", "config hash", "code", "seconds"], rows)
-
-
-def deepest(metrics: dict) -> str:
-    return max(metrics["per_depth"], key=int)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def write_report(study_file: str, overrides: list[str] = (), runs_root: str = "runs") -> Path:
@@ -374,10 +275,8 @@ def write_report(study_file: str, overrides: list[str] = (), runs_root: str = "r
     report.lines += [f"# Study {base.study.name}", "",
                      "Mean ± 95% interval (Student t) over the seeds whose run is complete; `seeds` is complete "
                      "of planned. Runs that are not complete are named under Runs.", ""]
-    for part in (report.in_context, report.pretraining, report.action_training, report.goal_probe,
-                 report.decoders, report.reward_probes, report.jepa_collapse, report.collection,
-                 report.training_curves):
-        part()
+    report.stage_sections()
+    report.training_curves()
     report.runs_and_provenance(base, str(study_file), list(overrides))
     atomic_write_text(out / "study.yaml", dump_yaml(base))
     for old in out.glob("*.png"):

@@ -2,7 +2,6 @@
 its metrics.json, stamped with the config hash that the study runner checks before skipping it."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -14,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cccad.config import Config, config_hash
-from cccad.fs import atomic_write_json, fsync_dir
+from cccad.fs import atomic_write_json, fsync_dir, read_json
 from cccad.stages import STAGES
 
 PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_baselines3", "gymnasium",
@@ -23,19 +22,15 @@ METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 
 
-# how a stage runs, not what it makes: not part of a run's identity (a study finished under DDP is
-# not redone for ZeRO-2; a checkpoint records its strategy and is refused by another)
-HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
+def run_folder(stage: str, env: str, seed: int, variant: str | None = None) -> str:
+    """A run's folder name: `{stage}-{env}-seed{seed}`, per-variant stages `{stage}-{variant}-{env}-seed{seed}`."""
+    middle = f"{variant}-" if variant else ""
+    return f"{stage.replace('_', '-')}-{middle}{env}-seed{seed}"
 
 
 def run_hash(cfg: Config, stage: str) -> str:
     """The hash of what decides a stage's outputs (the stage's `decided_by`)."""
-    decided = copy.deepcopy(STAGES[stage].decided_by(cfg))
-    for key in HOW_NOT_WHAT:
-        section, _, name = key.partition(".")
-        if isinstance(decided.get(section), dict):
-            decided[section].pop(name, None)
-    return config_hash(decided)
+    return config_hash(STAGES[stage].decided_by(cfg))
 
 
 def git_commit() -> dict:
@@ -99,7 +94,4 @@ def unreadable_metrics(run_dir: Path) -> str | None:
 
 
 def read_metrics(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / METRICS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(Path(run_dir) / METRICS)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
 from cccad.fs import atomic_write_text
-from cccad.runinfo import read_metrics, run_hash, unreadable_metrics
+from cccad.runinfo import read_metrics, run_folder, run_hash, unreadable_metrics
 from cccad.stages import STAGES
 
 
@@ -59,19 +59,14 @@ def env_layer(study_file: Path, env: str) -> tuple[dict, str]:
     return layer, str(path)
 
 
-def folder(stage: str, env: str, seed: int, variant: str | None) -> str:
-    middle = f"{variant}-" if variant else ""
-    return f"{stage.replace('_', '-')}-{middle}{env}-seed{seed}"
-
-
 def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: str | Path = "runs") -> tuple[Config, list[Task]]:
     """All tasks of a study in dependency order."""
     study_file = Path(study_file)
     base = load_config(study_file, overrides)
-    runner_keys = {"seed"} | {key for mod in STAGES.values() for key, _ in mod.INPUT_KEYS.values()}
     for item in overrides:
-        if item.partition("=")[0].strip() in runner_keys:
-            raise ConfigError(f"command line: {item.partition('=')[0]}: set by the study runner "
+        key = item.partition("=")[0].strip()
+        if key == "seed" or key.startswith("inputs"):
+            raise ConfigError(f"command line: {key}: set by the study runner "
                               f"(seeds come from study.seeds, inputs from upstream tasks)")
     st = base.study
     out = Path(runs_root) / st.name
@@ -115,7 +110,7 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                         inputs.setdefault(section, {})[name] = str((up.run_dir / inside).resolve())
                     extra.append((inputs, "study runner"))
                     cfg = load_config(study_file, overrides, extra=extra)
-                    task = Task(stage, env, seed, variant, out / folder(stage, env, seed, variant), cfg, needs)
+                    task = Task(stage, env, seed, variant, out / run_folder(stage, env, seed, variant), cfg, needs)
                     index[(stage, env, seed, variant)] = task
                     tasks.append(task)
     for stage in stages:

@@ -1,17 +1,16 @@
 """The one training loop, shared by every training stage.
 
-A stage hands over a model, a loss, and a batch function. The global batch of step k is drawn
-from an RNG seeded with (seed, k) and each process loads only its slice of it, so the data
-position is the step (resuming needs no sampler state) and the data seen does not depend on the
-number of processes. Checkpoints hold model, optimizer,
-scheduler, step and RNG states; they are written atomically and loaded without pickle.
-SIGTERM or SIGUSR2 (SLURM's requeue, preemption and time-limit signals) end the current step, save
-a checkpoint there and raise `Interrupted`: the rerun resumes from that step exactly.
+A stage hands over an `Objective`: a model, a loss, and a batch function. The global batch of step
+k is drawn from an RNG seeded with (seed, k) and each process loads only its slice of it, so the
+data position is the step (resuming needs no sampler state) and the data seen does not depend on
+the number of processes. Checkpoints (cccad/checkpoint.py) hold model, optimizer, scheduler, step
+and RNG states. SIGTERM or SIGUSR2 (SLURM's requeue, preemption and time-limit signals) end the
+current step, save a checkpoint there and raise `Interrupted`: the rerun resumes from that step
+exactly.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import re
@@ -19,8 +18,8 @@ import signal
 import sys
 import threading
 import time
-from datetime import timedelta
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -31,27 +30,18 @@ from accelerate.utils import InitProcessGroupKwargs
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from cccad.config import Config, ConfigError, TrainConfig, config_hash
-from cccad.fs import atomic_torch_save, torch_load
-
-CKPT_DIR = "checkpoints"
-FINAL_MODEL = "model.pt"
-# a checkpoint resumes only under the same config as far as it decides the weights (the stage's
-# `decided_by`), less the dataset path (the data is checked by its own hash) and the cadence
-# (and the strategy, which the checkpoint records and checks itself)
-RESUME_IGNORED = ("dataset", "log_every", "checkpoint_every", "keep_checkpoints", "val_every", "val_batches", "strategy",
-                  "collective_timeout_s")
+from cccad.checkpoint import CKPT_DIR, FINAL_MODEL, TrainingCheckpoints
+from cccad.config import CADENCE, Config, ConfigError, TrainConfig, config_hash
+from cccad.fs import atomic_torch_save
 
 
 def resume_hash(decided_by: dict) -> str:
+    """A checkpoint resumes only under the same config as far as it decides the weights (the
+    stage's `decided_by`, less the cadence of logging and checkpoints)."""
     d = dict(decided_by)
     if "train" in d:
-        d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_IGNORED}
+        d["train"] = {k: v for k, v in d["train"].items() if f"train.{k}" not in CADENCE}
     return config_hash(d)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 class Interrupted(Exception):
@@ -114,8 +104,8 @@ def stop_signals():
 class Objective:
     """What a stage trains. `loss(model, batch) -> (loss, {name: scalar tensor})`;
     `batch(rng, size, part, step)` draws the indices of step's batch of `size` samples from `rng`
-    and loads the samples `part` (a slice) of it; `val_batch(i)` is a fixed validation batch (or
-    None). `decided_by`: the config subset that decides the weights (resume refuses others).
+    and loads the samples `part` (a slice) of it; `val_batch(rng, size, i)` draws validation
+    batch i (or None: no validation) from the fixed `rng` the loop gives it. `decided_by`: the config subset that decides the weights (resume refuses others).
     Scalars go to TensorBoard as `<tag>/loss`, `<tag>/<stat>`, `lr`.
     `final(model, step)` gives the final files, {path in the run folder: contents} (default:
     weights, step and config in model.pt). `frozen`: nets the loss reads but never trains (moved
@@ -126,7 +116,7 @@ class Objective:
     loss: Callable
     batch: Callable[[np.random.Generator, int, slice, int], dict]
     decided_by: dict
-    val_batch: Callable[[int], dict] | None = None
+    val_batch: Callable[[np.random.Generator, int, int], dict] | None = None
     tag: str = "train"
     final: Callable[[torch.nn.Module, int], dict[str, dict]] | None = None
     frozen: torch.nn.Module | None = None
@@ -148,11 +138,6 @@ def lr_lambda(cfg: TrainConfig):
 
 
 ZERO_STAGE = {"zero2": 2, "zero3": 3}
-# what a ZeRO optimizer's per-process state dict holds that resuming needs: the base optimizer's
-# state for this process's partition and its fp32 master partition (plain tensors and numbers;
-# the rest is DeepSpeed objects that the running optimizer already has)
-ZERO_SHARD_KEYS = {2: ("base_optimizer_state", "single_partition_of_fp32_groups"),
-                   3: ("optimizer_state_dict", "fp32_flat_groups")}
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -181,170 +166,114 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def shard_file(checkpoint: Path, rank: int) -> Path:
-    """A ZeRO checkpoint's optimizer partition of process `rank`, beside the checkpoint."""
-    return checkpoint.with_name(f"{checkpoint.stem}.rank{rank}.pt")
-
-
-def checkpoint_files(run_dir: Path) -> list[Path]:
-    files = [(int(m.group(1)), p) for p in (run_dir / CKPT_DIR).glob("step-*.pt")
-             if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
-    return [p for _, p in sorted(files)]
-
-
-def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
-    try:
-        state = torch_load(path)
-    except Exception as e:  # truncated zip, bad magic, forbidden pickle global ...
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    return state
-
-
-def load_weights(module: torch.nn.Module, state_dict: dict, path: Path, prefix: str = "") -> None:
-    """Load `state_dict` into `module`, refusing (naming the tensor) any extra, missing or
-    differently shaped tensor. `prefix`: the module's name in the model, for the message."""
-    own = module.state_dict()
-    for name, tensor in state_dict.items():
-        if name not in own:
-            raise CheckpointError(f"{path}: tensor '{prefix}{name}' is not in this model (model config differs)")
-        if own[name].shape != tensor.shape:
-            raise CheckpointError(f"{path}: tensor '{prefix}{name}' has shape {tuple(tensor.shape)}, "
-                                  f"this model needs {tuple(own[name].shape)}")
-    missing = sorted(set(own) - set(state_dict))
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks tensor '{prefix}{missing[0]}'")
-    module.load_state_dict(state_dict)
-
-
 def _move(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def adamw(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, with weight decay on parameters of two or more dimensions only (not biases or norms)."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in trained if p.dim() >= 2], "weight_decay": tc.weight_decay},
+                              {"params": [p for p in trained if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=tc.lr, betas=tuple(tc.betas))
 
 
-def _set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class StepLog:
+    """Every `train.log_every` steps: a row of the loss, lr, speed and the objective's stats
+    (averaged over processes), with the validation loss every `val_every`; to the history,
+    TensorBoard (main process), the progress bar or, without a terminal, a line per validation."""
 
+    def __init__(self, run_dir: Path, cfg: Config, objective: Objective, accelerator: Accelerator, start: int, log):
+        self.tc, self.seed, self.objective, self.accelerator, self.log = cfg.train, cfg.seed, objective, accelerator, log
+        self.writer = SummaryWriter(run_dir / "tb", purge_step=start or None) if accelerator.is_main_process else None
+        self.bar = tqdm(total=self.tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
+        self.t0, self.samples = time.perf_counter(), 0
 
-def probe_fit_config(cfg: Config) -> Config:
-    """Heads on frozen nets train with the probe section's steps, batch and lr, constant lr."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=cfg.probe.steps, batch_size=cfg.probe.batch_size, lr=cfg.probe.lr,
-        num_warmup_steps=0, schedule="constant", weight_decay=0.0))
+    def mean(self, t: torch.Tensor) -> float:
+        """The mean over processes (each has its part of the batch)."""
+        return (self.accelerator.reduce(t.detach().float(), "mean") if self.accelerator.num_processes > 1 else t).item()
+
+    def step(self, done: int, model, loss, stats: dict, grad_norm, lr: float) -> dict | None:
+        """Count step `done`; its row if it is logged."""
+        self.samples += self.tc.batch_size
+        self.bar.update(1)
+        if not (done % self.tc.log_every == 0 or done in (1, self.tc.steps)):
+            return None
+        rate = self.samples / (time.perf_counter() - self.t0)
+        row = {"step": done, "loss": self.mean(loss), "lr": lr, "samples_per_s": rate,
+               **{k: self.mean(v) for k, v in stats.items()}}
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if done % self.tc.val_every == 0 or done == self.tc.steps:
+            row.update(self.validate(model))
+        if self.objective.on_log:
+            self.objective.on_log(row, self.log)
+        if self.writer:
+            tag = self.objective.tag
+            for k, v in row.items():
+                if k != "step" and v is not None:
+                    name = "lr" if k == "lr" else f"val/{k[4:]}" if k.startswith("val_") else f"{tag}/{k}"
+                    self.writer.add_scalar(name, v, done)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if self.bar.disable and "val_loss" in row:
+            self.log(f"step {done}/{self.tc.steps} loss {row['loss']:.4f} val_loss {row['val_loss']} "
+                     f"lr {lr:.2e} {rate:.1f} samples/s")
+        return row
+
+    def validate(self, model) -> dict:
+        """Mean loss and stats over the fixed validation batches: {"val_loss": .., "val_<stat>": ..}."""
+        if self.objective.val_batch is None:
+            return {"val_loss": None}
+        model.eval()
+        rows = []
+        with torch.no_grad(), self.accelerator.autocast():
+            for i in range(self.tc.val_batches):
+                batch = self.objective.val_batch(np.random.default_rng([self.seed, 2, i]), self.tc.batch_size, i)
+                loss, stats = self.objective.loss(model, _move(batch, self.accelerator.device))
+                rows.append({"val_loss": loss.item(), **{f"val_{k}": v.item() for k, v in stats.items()}})
+        model.train()
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+    def close(self) -> float:
+        """Samples per second over this process's steps."""
+        self.bar.close()
+        if self.writer:
+            self.writer.close()
+        return self.samples / (time.perf_counter() - self.t0) if self.samples else None
 
 
 def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     """Train `objective` for cfg.train.steps, resuming from the latest checkpoint in run_dir."""
-    tc = cfg.train
-    run_dir = Path(run_dir)
+    tc, run_dir = cfg.train, Path(run_dir)
     accelerator = make_accelerator(tc)
-    torch.manual_seed(cfg.seed)
-    model = objective.model
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    expected_hash = resume_hash(objective.decided_by)
-
-    zero = ZERO_STAGE.get(tc.strategy)
+    world, rank, zero = accelerator.num_processes, accelerator.process_index, ZERO_STAGE.get(tc.strategy)
     if zero == 3 and objective.after_step:
         raise ConfigError("train.strategy: zero3 cannot run this stage's after-step update (it reads whole "
                           "parameters, which ZeRO-3 splits across processes); use ddp or zero2")
-    world, rank = accelerator.num_processes, accelerator.process_index
     if tc.batch_size % world:
         raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the {world} processes")
-
-    start, history = 0, []
-    ckpts = checkpoint_files(run_dir)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], ("model_state_dict", "scheduler_state_dict", "global_step", "rng",
-                                            "config_hash") + (() if zero else ("optimizer_state_dict",)))
-        if state["config_hash"] != expected_hash:
-            raise CheckpointError(f"{ckpts[-1]}: written by a different config (hash {state['config_hash']}, "
-                                  f"this run {expected_hash}); use a new run folder or delete {run_dir / CKPT_DIR}")
-        saved = (state.get("strategy", "ddp"), state.get("processes", 1))
-        if saved[0] != tc.strategy or (zero and saved[1] != world):
-            raise CheckpointError(f"{ckpts[-1]}: written under train.strategy={saved[0]} by {saved[1]} processes; this "
-                                  f"run is {tc.strategy} with {world} (ZeRO optimizer state is split per process)")
-        model.load_state_dict(state["model_state_dict"])
-        if not zero:
-            optimizer.load_state_dict(state["optimizer_state_dict"])
-        scheduler.load_state_dict(state["scheduler_state_dict"])
-        _set_rng_state(state["rng"])
-        start, history = state["global_step"], state.get("history", [])
-        log(f"resumed from {ckpts[-1]} at step {start}")
-
+    torch.manual_seed(cfg.seed)
+    model = objective.model
+    optimizer = adamw(model, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
+    checkpoints = TrainingCheckpoints(run_dir, resume_hash(objective.decided_by), cfg.to_dict(), tc.strategy, zero,
+                                      world, rank, tc.keep_checkpoints)
+    start, history = checkpoints.resume(model, optimizer, scheduler, log)
     # the scheduler stays unwrapped: accelerate would step it once per process, changing the
     # schedule with the process count; ours follows the optimizer step count only
     model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoints.resume_partition(model)
     raw_model = accelerator.unwrap_model(model)
     if zero == 3:
         held = sum(p.ds_tensor.numel() for p in raw_model.parameters())
         log(f"ZeRO-3: process {rank} of {world} holds {held:,} of {sum(p.ds_numel for p in raw_model.parameters()):,} "
             "parameter values")
-    if ckpts and zero:  # this process's optimizer partition, into the running ZeRO optimizer
-        shard = load_checkpoint(shard_file(ckpts[-1], rank), ("zero", "rng"))
-        zero_optimizer = model.optimizer
-        full = zero_optimizer.state_dict()
-        full.update(shard["zero"])
-        zero_optimizer.load_state_dict([full] * world, load_from_fp32_weights=True)
-        _set_rng_state(shard["rng"])
     if objective.frozen is not None:
         objective.frozen.to(accelerator.device).eval().requires_grad_(False)
-    writer = SummaryWriter(run_dir / "tb", purge_step=start if start else None) if accelerator.is_main_process else None
+    steps = StepLog(run_dir, cfg, objective, accelerator, start, log)
     part = slice(rank * tc.batch_size // world, (rank + 1) * tc.batch_size // world)
 
-    def mean_over_processes(t: torch.Tensor) -> float:
-        return (accelerator.reduce(t.detach().float(), "mean") if world > 1 else t).item()
-
-    def save(step: int):
-        """Every process takes part (ZeRO-3 gathers the weights; ZeRO writes one optimizer
-        partition per process, all before the main file that makes the checkpoint valid)."""
-        path = run_dir / CKPT_DIR / f"step-{step:08d}.pt"
-        weights = accelerator.get_state_dict(model)
-        if zero:
-            zero_state = model.optimizer.state_dict()
-            atomic_torch_save(shard_file(path, rank), {"zero": {k: zero_state[k] for k in ZERO_SHARD_KEYS[zero]},
-                                                       "rng": _rng_state()})
-            accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            atomic_torch_save(path, {
-                "model_state_dict": weights, "optimizer_state_dict": None if zero else optimizer.state_dict(),
-                "scheduler_state_dict": scheduler.state_dict(), "global_step": step, "rng": _rng_state(),
-                "config": cfg.to_dict(), "config_hash": expected_hash, "history": history,
-                "strategy": tc.strategy, "processes": world})
-            for old in checkpoint_files(run_dir)[:-tc.keep_checkpoints]:
-                old.unlink()
-                for shard in old.parent.glob(f"{old.stem}.rank*.pt"):
-                    shard.unlink()
-
-    def validate() -> dict:
-        """Mean loss and stats over the fixed validation batches: {"val_loss": .., "val_<stat>": ..}."""
-        if objective.val_batch is None:
-            return {"val_loss": None}
-        model.eval()
-        rows = []
-        with torch.no_grad(), accelerator.autocast():
-            for i in range(tc.val_batches):
-                loss, stats = objective.loss(model, _move(objective.val_batch(i), accelerator.device))
-                rows.append({"val_loss": loss.item(), **{f"val_{k}": v.item() for k, v in stats.items()}})
-        model.train()
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
     model.train()
-    bar = tqdm(total=tc.steps, initial=start, disable=not sys.stderr.isatty(), desc=run_dir.name)
-    t0, samples, last_loss = time.perf_counter(), 0, float("nan")
     with stop_signals() as caught, lost_peers(world, tc.collective_timeout_s, rank):
         for step in range(start, tc.steps):
             batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
@@ -358,66 +287,40 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             scheduler.step()
             if objective.after_step:
                 objective.after_step(raw_model, step)
-            samples += tc.batch_size
             done = step + 1
-            if done % tc.log_every == 0 or done in (1, tc.steps):
-                last_loss = mean_over_processes(loss)  # each process has its part of the batch
-                rate = samples / (time.perf_counter() - t0)
-                row = {"step": done, "loss": last_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
-                       **{k: mean_over_processes(v) for k, v in stats.items()}}
-                if grad_norm is not None:
-                    row["grad_norm"] = float(grad_norm)
-                if done % tc.val_every == 0 or done == tc.steps:
-                    row.update(validate())
+            if row := steps.step(done, model, loss, stats, grad_norm, scheduler.get_last_lr()[0]):
                 history.append(row)
-                if objective.on_log:
-                    objective.on_log(row, log)
-                if writer:
-                    tag = objective.tag
-                    writer.add_scalar(f"{tag}/loss", row["loss"], done)
-                    writer.add_scalar("lr", row["lr"], done)
-                    writer.add_scalar(f"{tag}/samples_per_s", rate, done)
-                    for k, v in row.items():
-                        if k not in ("step", "loss", "lr", "samples_per_s") and v is not None:
-                            writer.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"{tag}/{k}", v, done)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-                if bar.disable and "val_loss" in row:  # no progress bar (not a terminal): a line per validation
-                    log(f"step {done}/{tc.steps} loss {last_loss:.4f} val_loss {row['val_loss']} "
-                        f"lr {row['lr']:.2e} {rate:.1f} samples/s")
-            bar.update(1)
-            if done % tc.checkpoint_every == 0 and done < tc.steps:
-                save(done)
             stop = caught["signal"] is not None
             if world > 1:  # all processes stop at the same step, whichever caught the signal
-                stop = mean_over_processes(torch.tensor(float(stop), device=accelerator.device)) > 0
+                stop = steps.mean(torch.tensor(float(stop), device=accelerator.device)) > 0
+            if done < tc.steps and (done % tc.checkpoint_every == 0 or stop):
+                checkpoints.save(done, accelerator, model, optimizer, scheduler, history)
             if stop and done < tc.steps:
-                if done % tc.checkpoint_every:  # (else saved just above)
-                    save(done)
-                bar.close()
-                if writer:
-                    writer.close()
+                steps.close()
                 what = signal.Signals(caught["signal"]).name if caught["signal"] else "another process's signal"
                 raise Interrupted(f"{what} at step {done}: checkpoint saved in {run_dir / CKPT_DIR}")
-    bar.close()
-    if writer:
-        writer.close()
+    samples_per_s = steps.close()
+    finish_processes(accelerator, model, raw_model, zero)
+    final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),
+                                                               "global_step": step, "config": cfg.to_dict()}})
+    for name, state in final(raw_model, tc.steps).items():
+        atomic_torch_save(run_dir / name, state)
+    last = history[-1] if history else {}
+    return {"steps": tc.steps, "final_loss": last.get("loss"), "final_val_loss": last.get("val_loss"),
+            "samples_per_s": samples_per_s, "history": history, "resumed_from": start}
+
+
+def finish_processes(accelerator: Accelerator, model, raw_model: torch.nn.Module, zero: int | None) -> None:
+    """Only the main process goes on past training, with whole weights in `raw_model`; the others
+    raise OtherProcessDone."""
     if zero == 3:  # hand the main process a plain model with whole parameters
         weights = accelerator.get_state_dict(model)
         model.destroy()  # removes ZeRO-3's parameter-gathering hooks
         if accelerator.is_main_process:
             for name, p in raw_model.named_parameters():
                 p.data = weights[name].to(p.device)
-    if world > 1:  # no collective after this: part cleanly (gloo aborts a process that exits without)
+    if accelerator.num_processes > 1:  # no collective after this: part cleanly (gloo aborts a process that exits without)
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
     if not accelerator.is_main_process:
         raise OtherProcessDone()
-    final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),
-                                                               "global_step": step, "config": cfg.to_dict()}})
-    for name, state in final(raw_model, tc.steps).items():
-        atomic_torch_save(run_dir / name, state)
-    elapsed = time.perf_counter() - t0
-    final = history[-1] if history else {}
-    return {"steps": tc.steps, "final_loss": final.get("loss"), "final_val_loss": final.get("val_loss"),
-            "samples_per_s": samples / elapsed if samples else None, "history": history,
-            "resumed_from": start}

@@ -1,7 +1,7 @@
 import numpy as np
 
 from cccad.config import load_config
-from cccad.stages.collect import open_collected
+from cccad.data.collected import open_collected
 from conftest import cccad
 
 

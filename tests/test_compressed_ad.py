@@ -9,8 +9,8 @@ from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.ad import ADTransformer
 from cccad.models.compressed_ad import CompressedAD
 from cccad.models.context import CompressedWindow, History, SlidingWindow
-from cccad.stages.pretrain_encoder import PRETRAINED_FILE
-from cccad.trainer import FINAL_MODEL
+from cccad.models.policies import PRETRAINED_FILE
+from cccad.checkpoint import FINAL_MODEL
 from conftest import TINY, cccad, write_yaml
 
 SMALL = ModelConfig(kind="compressed_ad", recent_len=16, n_embd=16, n_layer=2, n_head=2, n_latent=4,
@@ -79,7 +79,7 @@ def pretrained(tmp_path_factory):
     cfg = write_yaml(root / "compressed.yaml", COMPRESSED)
     cccad("run", "collect", "-c", cfg, "--out", root / "collect")
     data = root / "collect" / "dataset"
-    cccad("run", "pretrain_encoder", "-c", cfg, "--out", root / "pretrain", f"train.dataset={data}")
+    cccad("run", "pretrain_encoder", "-c", cfg, "--out", root / "pretrain", f"inputs.dataset={data}")
     return cfg, data, root / "pretrain"
 
 
@@ -115,8 +115,8 @@ def test_pretrained_checkpoint_has_exactly_the_seed_keys(pretrained):
                                              ("model.n_embd=16", "(6, 32), this model needs (6, 16)")])
 def test_loading_into_another_model_names_the_tensor(tmp_path, pretrained, override, shapes):
     cfg, data, pre = pretrained
-    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "t", f"train.dataset={data}",
-                 f"train.pretrained_encoder_path={pre / PRETRAINED_FILE}", override, check=False)
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "t", f"inputs.dataset={data}",
+                 f"inputs.pretrained_encoder_path={pre / PRETRAINED_FILE}", override, check=False)
     assert proc.returncode == 2 and f"tensor 'encoder.queries' has shape {shapes}" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "t" / FINAL_MODEL).exists()
 
@@ -126,8 +126,8 @@ def test_frozen_encoder_stays_bit_identical_and_finetuned_one_moves(tmp_path, pr
     start = torch.load(pre / PRETRAINED_FILE, weights_only=True)["encoder_state_dict"]
     for frozen in (True, False):
         out = tmp_path / f"frozen{frozen}"
-        proc = cccad("run", "train", "-c", cfg, "--out", out, f"train.dataset={data}", "train.steps=30",
-                     f"train.pretrained_encoder_path={pre / PRETRAINED_FILE}", f"train.freeze_encoder={str(frozen).lower()}")
+        proc = cccad("run", "train", "-c", cfg, "--out", out, f"inputs.dataset={data}", "train.steps=30",
+                     f"inputs.pretrained_encoder_path={pre / PRETRAINED_FILE}", f"train.freeze_encoder={str(frozen).lower()}")
         assert "loaded pre-trained encoder (" in proc.stdout and "step 150" in proc.stdout
         after = torch.load(out / FINAL_MODEL, weights_only=True)["model_state_dict"]
         same = [torch.equal(after[f"encoder.{k}"], v) for k, v in start.items()]
@@ -136,7 +136,7 @@ def test_frozen_encoder_stays_bit_identical_and_finetuned_one_moves(tmp_path, pr
 
 def test_curriculum_beyond_max_depth_is_refused_naming_the_key(tmp_path, pretrained):
     cfg, data, _ = pretrained
-    proc = cccad("run", "pretrain_encoder", "-c", cfg, "--out", tmp_path / "p", f"train.dataset={data}",
+    proc = cccad("run", "pretrain_encoder", "-c", cfg, "--out", tmp_path / "p", f"inputs.dataset={data}",
                  "model.max_compression_depth=2", check=False)
     assert proc.returncode == 2 and "pretrain.curriculum: uses depth 3, beyond model.max_compression_depth=2" in proc.stderr
     assert not (tmp_path / "p").exists()

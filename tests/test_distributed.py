@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, cccad, write_yaml
-from cccad.trainer import load_checkpoint
+from cccad.checkpoint import load_checkpoint
 
 STEPS = ["train.steps=40", "train.checkpoint_every=20", "train.log_every=10", "train.val_every=20"]
 
@@ -62,8 +62,8 @@ def losses(out) -> list[tuple]:
 @pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
 def test_two_processes_match_one(dataset, tmp_path, strategy):
     cfg, data = dataset
-    cccad("run", "train", "-c", cfg, "--out", tmp_path / "one", f"train.dataset={data}", *STEPS)
-    outputs = launch(2, cfg, tmp_path / "two", f"train.dataset={data}", f"train.strategy={strategy}")
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "one", f"inputs.dataset={data}", *STEPS)
+    outputs = launch(2, cfg, tmp_path / "two", f"inputs.dataset={data}", f"train.strategy={strategy}")
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [r[0] for r in one] == [r[0] for r in two]
     for a, b in zip(one, two):
@@ -77,7 +77,7 @@ def test_two_processes_match_one(dataset, tmp_path, strategy):
 
 def test_zero3_splits_parameters_and_resumes_exactly_from_its_partitions(dataset, tmp_path):
     cfg, data = dataset
-    args = (f"train.dataset={data}", "train.strategy=zero3")
+    args = (f"inputs.dataset={data}", "train.strategy=zero3")
     outputs = launch(2, cfg, tmp_path / "run", *args)
     total = sum(t.numel() for t in torch.load(tmp_path / "run" / "model.pt", weights_only=True)["model_state_dict"].values())
     for rank, text in enumerate(outputs):
@@ -98,8 +98,8 @@ def test_zero3_splits_parameters_and_resumes_exactly_from_its_partitions(dataset
 
 def test_zero_checkpoint_refuses_another_process_count(dataset, tmp_path):
     cfg, data = dataset
-    launch(2, cfg, tmp_path / "run", f"train.dataset={data}", "train.strategy=zero2")
-    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"train.dataset={data}", "train.strategy=zero2",
+    launch(2, cfg, tmp_path / "run", f"inputs.dataset={data}", "train.strategy=zero2")
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"inputs.dataset={data}", "train.strategy=zero2",
                  *STEPS, check=False)
     assert proc.returncode == 2
     assert "written under train.strategy=zero2 by 2 processes; this run is zero2 with 1" in proc.stderr, proc.stderr
@@ -110,7 +110,7 @@ def test_a_hung_peer_ends_the_run_after_the_collective_timeout(dataset, tmp_path
     the rest forever: their next collective fails after train.collective_timeout_s and the run
     ends with one line saying so, its checkpoints kept for the rerun."""
     cfg, data = dataset
-    procs = start(2, cfg, tmp_path / "run", f"train.dataset={data}", "train.steps=100000", "train.collective_timeout_s=5")
+    procs = start(2, cfg, tmp_path / "run", f"inputs.dataset={data}", "train.steps=100000", "train.collective_timeout_s=5")
     try:
         deadline = time.time() + 300
         while not list((tmp_path / "run" / "checkpoints").glob("step-*.pt")):
@@ -148,9 +148,9 @@ def test_strategy_is_how_not_what(dataset, tmp_path):
     cfg, data = dataset
     assert run_hash(load_config(cfg, ["train.strategy=ddp"]), "train") == run_hash(load_config(cfg, ["train.strategy=zero2"]), "train")
     assert run_hash(load_config(cfg), "train") != run_hash(load_config(cfg, ["train.lr=0.01"]), "train")
-    cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"train.dataset={data}", *STEPS)
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"inputs.dataset={data}", *STEPS)
     (tmp_path / "run" / "model.pt").unlink()
-    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"train.dataset={data}",
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "run", f"inputs.dataset={data}",
                  "train.strategy=zero3", *STEPS, check=False)
     assert proc.returncode == 2 and "written under train.strategy=ddp by 1 processes; this run is zero3" in proc.stderr, \
         proc.stderr

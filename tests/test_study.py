@@ -104,7 +104,7 @@ def test_compressed_ad_study_graph(darkroom_study):
 def test_a_variant_asking_for_an_unlisted_stage_is_refused(tmp_path):
     study = write_yaml(tmp_path / "study.yaml", {**TINY, "study": {
         "name": "bad", "stages": ["collect", "train"],
-        "variants": {"CAD": {"model.kind": "compressed_ad", "train.pretrained_encoder_path": "@pretrain_encoder"}}}})
+        "variants": {"CAD": {"model.kind": "compressed_ad", "inputs.pretrained_encoder_path": "@pretrain_encoder"}}}})
     proc = cccad("local", study, "--runs", tmp_path / "runs", check=False)
-    assert proc.returncode == 2 and "train.pretrained_encoder_path: '@pretrain_encoder' but study.stages does not list" in proc.stderr
+    assert proc.returncode == 2 and "inputs.pretrained_encoder_path: '@pretrain_encoder' but study.stages does not list" in proc.stderr
     assert not (tmp_path / "runs").exists()

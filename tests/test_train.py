@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cccad.trainer import CKPT_DIR, FINAL_MODEL
+from cccad.checkpoint import CKPT_DIR, FINAL_MODEL
 from conftest import cccad, kill_after_checkpoint
 
 
@@ -23,7 +23,7 @@ def weights(run_dir):
 def test_loss_falls_below_chance(tmp_path, dataset):
     cfg, data = dataset
     out = tmp_path / "train"
-    cccad("run", "train", "-c", cfg, "--out", out, f"train.dataset={data}", "collect.episodes=60",
+    cccad("run", "train", "-c", cfg, "--out", out, f"inputs.dataset={data}", "collect.episodes=60",
           "collect.streams_per_task=4", "train.steps=300", "train.batch_size=16", "train.lr=0.001")
     import json
     m = json.loads((out / "metrics.json").read_text())
@@ -35,7 +35,7 @@ def test_loss_falls_below_chance(tmp_path, dataset):
 
 def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, dataset):
     cfg, data = dataset
-    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=120",
+    args = [f"inputs.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=120",
             "train.checkpoint_every=10", "model.dropout=0.1"]  # dropout: RNG state must resume too
     cccad("run", "train", "-c", cfg, "--out", tmp_path / "straight", *args)
 
@@ -51,7 +51,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, dataset):
 def short_run_without_its_end(tmp_path, dataset):
     """A 20-step run whose final model is removed, as if it had died after its step-10 checkpoint."""
     cfg, data = dataset
-    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=20",
+    args = [f"inputs.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=20",
             "train.checkpoint_every=10"]
     out = tmp_path / "run"
     cccad("run", "train", "-c", cfg, "--out", out, *args)
@@ -75,9 +75,9 @@ def test_corrupt_checkpoint_is_refused_naming_the_file(tmp_path, dataset):
 
 def test_evaluate_refuses_a_model_of_another_config(tmp_path, dataset):
     cfg, data = dataset
-    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
+    args = [f"inputs.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
     cccad("run", "train", "-c", cfg, "--out", tmp_path / "train", *args)
-    evaluate = ["run", "evaluate", "-c", cfg, "--out", tmp_path / "eval", f"evaluate.checkpoint={tmp_path / 'train'}", *args]
+    evaluate = ["run", "evaluate", "-c", cfg, "--out", tmp_path / "eval", f"inputs.train_run={tmp_path / 'train'}", *args]
     proc = cccad(*evaluate, "model.n_embd=64", check=False)
     assert proc.returncode == 2 and "model.n_embd=32, this config has 64" in proc.stderr
     # another split would make training goals "held out": refused too
@@ -88,13 +88,13 @@ def test_evaluate_refuses_a_model_of_another_config(tmp_path, dataset):
 
 def test_checkpoint_tensors_are_checked_by_name_and_shape(tmp_path, dataset):
     from cccad.config import load_config
-    from cccad.stages.evaluate import load_model
-    from cccad.trainer import CheckpointError
+    from cccad.models.policies import load_trained
+    from cccad.checkpoint import CheckpointError
     cfg, data = dataset
-    args = [f"train.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
+    args = [f"inputs.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=5"]
     cccad("run", "train", "-c", cfg, "--out", tmp_path / "train", *args)
     state = torch.load(tmp_path / "train" / FINAL_MODEL, weights_only=True)
     state["model_state_dict"]["head.weight"] = torch.zeros(7, 32)
     torch.save(state, tmp_path / "train" / FINAL_MODEL)
     with pytest.raises(CheckpointError, match=r"tensor 'head.weight' has shape \(7, 32\), this model needs \(5, 32\)"):
-        load_model(load_config(cfg, args), tmp_path / "train", "cpu")
+        load_trained(load_config(cfg, args), tmp_path / "train", "cpu")

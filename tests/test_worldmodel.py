@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from cccad.config import load_config
-from cccad.stages import train_jepa, train_jepa_decoder, train_reward_predictor, world
-from cccad.stages.collect import open_collected
-from cccad.trainer import fit, probe_fit_config
+from cccad.data.collected import open_collected
+from cccad.data.transitions import Transitions, open_transitions
+from cccad.stages import train_jepa, train_jepa_decoder
+from cccad.trainer import fit
+from cccad.world_probes import reward_objective
 from conftest import CONFIGS, cccad, write_yaml
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_collector_records_what_the_env_gave(study):
     from cccad.envs.atari import make_env
     cfg = run_config(study, "collect-assault-seed0")
     ds = open_collected(study[1] / "collect-assault-seed0" / "dataset", cfg)
-    data = world.Transitions(ds, cfg.env.frame_stack)
+    data = Transitions(ds, cfg.env.frame_stack)
     ep, dones = np.asarray(ds["episode"]), np.asarray(ds["dones"])
     assert len(np.asarray(ds["episode_length"])) == 5 and np.asarray(ds["episode_is_val"]).sum() == 2
     # done exactly at each episode's last transition
@@ -127,9 +129,9 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
     below always predicting the mean reward."""
     task = "train-dynamics-reward-predictor" if dynamics else "train-reward-predictor"
     cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=500", "probe.lr=0.003"])
-    data = world.open_transitions(cfg)
-    obj, _, mean, scale = train_reward_predictor.objective(cfg, data, dynamics=dynamics)
-    fixed = {**data.batch(data.train_ids[:512]), "frame_channels": 1}
+    data = open_transitions(cfg)
+    obj, _, mean, scale = reward_objective(cfg, data, dynamics)
+    fixed = data.batch(data.train_ids[:512])
     floor = 2 * float(np.mean(((data.rewards[data.train_ids[:512]] - mean) / scale) ** 2))  # two heads
 
     def fixed_loss():
@@ -137,7 +139,7 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
             return obj.loss(obj.model.cpu().eval(), fixed)[0].item()
 
     before = fixed_loss()
-    fit(tmp_path, probe_fit_config(cfg), obj, log=lambda *_: None)
+    fit(tmp_path, cfg.for_probe(), obj, log=lambda *_: None)
     after = fixed_loss()
     assert after < before and after < floor, (before, after, floor)  # beyond the mean reward
 
@@ -146,11 +148,10 @@ def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path)
     cfg = load_config(study[1] / ".tasks" / "train-jepa-assault-seed0.yaml",
                       ["train.steps=6", "train.num_warmup_steps=2", "train.checkpoint_every=1", "world_model.ema_momentum=0.9",
                        "world_model.ema_momentum_end=0.5"])
-    data = world.open_transitions(cfg)
+    data = open_transitions(cfg)
     model = train_jepa.build(cfg, data.n_actions)
     assert not any(p.requires_grad for p in model.target_encoder.parameters())
-    batch, _ = world.sampler(cfg, data)
-    loss, _ = train_jepa.loss(model, batch(np.random.default_rng(0), 8, slice(None), 0))
+    loss, _ = train_jepa.loss(model, data.train_batch(np.random.default_rng(0), 8, slice(None), 0))
     loss.backward()
     assert all(p.grad is None for p in model.target_encoder.parameters())
     assert all(p.grad is not None for p in model.encoder.parameters())
@@ -179,14 +180,14 @@ def test_frozen_nets_stay_bit_identical_through_probe_training(study, tmp_path, 
     task = {"jepa_decoder": "train-jepa-decoder", "reward": "train-reward-predictor",
             "dynamics_reward": "train-dynamics-reward-predictor"}[stage]
     cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=15"])
-    data = world.open_transitions(cfg)
+    data = open_transitions(cfg)
     if stage == "jepa_decoder":
         obj, _ = train_jepa_decoder.objective(cfg, data)
     else:
-        obj = train_reward_predictor.objective(cfg, data, dynamics=stage == "dynamics_reward")[0]
+        obj = reward_objective(cfg, data, stage == "dynamics_reward")[0]
     frozen_before = {k: v.clone() for k, v in obj.frozen.state_dict().items()}
     trained_before = {k: v.clone() for k, v in obj.model.state_dict().items()}
-    fit(tmp_path, probe_fit_config(cfg), obj, log=lambda *_: None)
+    fit(tmp_path, cfg.for_probe(), obj, log=lambda *_: None)
     for k, v in obj.frozen.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k
     assert any(not torch.equal(v, trained_before[k]) for k, v in obj.model.state_dict().items())
@@ -205,8 +206,8 @@ def test_bad_atari_input_is_refused_in_one_line(study, tmp_path):
     proc = cccad("run", "train_jepa", "-c", cfg_file, "--out", tmp_path / "j", "env.frame_size=60", check=False)
     assert proc.returncode == 2 and "env.frame_size: must be divisible by 2^4" in proc.stderr
     proc = cccad("run", "train_jepa_decoder", "-c", cfg_file, "--out", tmp_path / "d",
-                 f"train.dataset={study[1] / 'collect-assault-seed0' / 'dataset'}", check=False)
-    assert proc.returncode == 2 and "world_model.jepa_run: no weights/jepa/model.pt" in proc.stderr
+                 f"inputs.dataset={study[1] / 'collect-assault-seed0' / 'dataset'}", check=False)
+    assert proc.returncode == 2 and "inputs.jepa_run: no weights/jepa/model.pt" in proc.stderr
     # a study listing a world-model stage for Darkroom envs only
     bad = write_yaml(tmp_path / "bad.yaml", {"extends": str(CONFIGS / "studies" / "smoke.yaml"),
                                              "study": {"stages": ["collect", "train_jepa"]}})

@@ -1,4 +1,4 @@
-"""Transitions for the world-model study (seed 004's DataCollectionPipeline): a stable-baselines3
+"""Transitions for the world-model study (its reference's DataCollectionPipeline): a stable-baselines3
 PPO agent (CnnPolicy, vectorised envs) learns the game, then plays `atari.episodes` episodes with
 a share of random actions while every (state, action, reward, next_state, done) is recorded.
 
@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cccad.checkpoint import CheckpointError, load_checkpoint
 from cccad.config import ATARI_KEYS, Config, config_hash
+from cccad.data.collected import open_collected
 from cccad.data.store import DatasetWriter
 from cccad.envs.atari import EnvWorker, FrameStack, frame_shape, make_env, stack_indices
 from cccad.fs import atomic_torch_save
+from cccad.runtime import device
 
 AGENT_FILE = "ppo_policy.pt"
 
@@ -35,10 +38,6 @@ def agent_config(cfg: Config) -> dict:
     a = cfg.to_dict()["atari"]
     return {"seed": cfg.seed, "env": {k: getattr(cfg.env, k) for k in ATARI_KEYS},
             "atari": {k: v for k, v in a.items() if k.startswith("ppo_")} | {"max_episode_steps": a["max_episode_steps"]}}
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def make_agent(cfg: Config):
@@ -60,8 +59,6 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
     """The PPO agent's policy: trained and saved (weights only, loadable without pickle), or
     reused from `agent_dir` when it was trained by the same config."""
     from stable_baselines3.common.callbacks import BaseCallback
-
-    from cccad.trainer import CheckpointError, load_checkpoint
 
     path = Path(agent_dir) / AGENT_FILE
     expect = agent_config(cfg)
@@ -117,6 +114,78 @@ def action_probs(policy: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
     return policy.action_net(policy.mlp_extractor.forward_actor(features)).softmax(-1)
 
 
+def write_episode(writer: DatasetWriter, ep: dict, index: int, first_frame: int) -> None:
+    """Append a finished episode (its frames, then per-step and per-episode arrays) to `writer`."""
+    n = len(ep["actions"])
+    writer.append("frames", np.stack(ep["frames"]))
+    writer.append("frame_index", first_frame + np.arange(n, dtype=np.int64))
+    writer.append("episode", np.full(n, index, dtype=np.int32))
+    writer.append("actions", np.asarray(ep["actions"], dtype=np.uint8))
+    writer.append("rewards", np.asarray(ep["rewards"], dtype=np.float32))
+    writer.append("dones", np.arange(n) == n - 1)
+    writer.append("terminated", np.asarray(ep["terminated"], dtype=bool))
+    writer.append("random_action", np.asarray(ep["random"], dtype=bool))
+    writer.append("episode_first_frame", np.array([first_frame], dtype=np.int64))
+    writer.append("episode_length", np.array([n], dtype=np.int32))
+    writer.append("episode_return", np.array([sum(ep["rewards"])], dtype=np.float32))
+    writer.append("episode_env", np.array([ep["env"]], dtype=np.int32))
+    writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
+
+
+class EpisodePlayer:
+    """The policy's side of collection: each env's episode so far and its last k frames (the
+    first repeated at an episode's start: `stack_indices`); it turns a group of envs' last
+    answers into their next requests, and writes each episode that ends."""
+
+    def __init__(self, cfg: Config, policy: torch.nn.Module, writer: DatasetWriter, n_envs: int, n_actions: int):
+        self.cfg, self.policy, self.writer, self.n_actions, self.device = cfg, policy, writer, n_actions, device()
+        self.rng = np.random.default_rng([cfg.seed, 7])
+        self.stacks = [deque(maxlen=cfg.env.frame_stack) for _ in range(n_envs)]
+        self.episodes, self.seeded = [None] * n_envs, [False] * n_envs
+        self.started, self.written, self.frames_written = 0, 0, 0
+
+    def requests(self, group: list[int]) -> list[tuple]:
+        """The group's next requests: a step for each env playing (one batched policy call, each
+        action replaced by a uniform one with the random share), a reset for each env whose
+        episode ended, while episodes are left."""
+        a, episodes = self.cfg.atari, self.episodes
+        playing = [i for i in group if episodes[i] is not None]
+        out = []
+        if playing:
+            with torch.inference_mode():
+                obs = torch.from_numpy(np.stack([np.concatenate(self.stacks[i]) for i in playing])).to(self.device)
+                actions = torch.multinomial(action_probs(self.policy, obs), 1).squeeze(1).cpu().numpy()
+            random = self.rng.random(len(playing)) < a.random_action_share
+            actions = np.where(random, self.rng.integers(0, self.n_actions, len(playing)), actions)
+            for i, action, was_random in zip(playing, actions.tolist(), random.tolist()):
+                episodes[i]["actions"].append(action)
+                episodes[i]["random"].append(was_random)
+                out.append((i, "step", action))
+        for i in group:
+            if episodes[i] is None and self.started < a.episodes:
+                seed = env_seed(self.cfg, i)
+                episodes[i] = {"env": i, "seed": seed, "frames": [], "actions": [], "rewards": [], "terminated": [],
+                               "random": []}
+                out.append((i, "reset", None if self.seeded[i] else seed))
+                self.seeded[i] = True
+                self.started += 1
+        return out
+
+    def record(self, sent: list[tuple], answers: list[tuple]) -> None:
+        for (i, op, _), (frame, reward, terminated, truncated) in zip(sent, answers):
+            ep = self.episodes[i]
+            ep["frames"].append(frame)
+            self.stacks[i].extend([frame] * (self.cfg.env.frame_stack if op == "reset" else 1))
+            if op == "step":
+                ep["rewards"].append(reward)
+                ep["terminated"].append(terminated)
+                if terminated or truncated:
+                    write_episode(self.writer, ep, self.written, self.frames_written)
+                    self.written += 1
+                    self.frames_written += len(ep["actions"]) + 1
+                    self.episodes[i] = None
+
+
 def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
     """Play `atari.episodes` episodes into `writer`; returns counts and timing.
 
@@ -125,8 +194,7 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
     group's last step and picks its next actions (one batched policy call), so emulation and the
     policy overlap. Groups take turns in a fixed order, and so do the random draws and the
     episodes handed to envs that finish one: the data is the same on every run."""
-    a, k = cfg.atari, cfg.env.frame_stack
-    rng = np.random.default_rng([cfg.seed, 7])
+    a = cfg.atari
     torch.manual_seed(cfg.seed)
     policy.eval()
     n_envs = min(a.n_envs, a.episodes)
@@ -136,71 +204,7 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - n_workers))  # leave the env workers their cores
     workers = [EnvWorker(cfg.env, a.max_episode_steps, len(range(w, n_envs, n_workers))) for w in range(n_workers)]
-    n_actions = workers[0].n_actions
-    dev = device()
-    started, written, frames_written = 0, 0, 0
-    # each env's state: its last k frames, the first repeated at an episode's start (stack_indices)
-    stacks, episodes, seeded = [deque(maxlen=k) for _ in range(n_envs)], [None] * n_envs, [False] * n_envs
-
-    def finish(ep: dict):
-        nonlocal written, frames_written
-        n = len(ep["actions"])
-        writer.append("frames", np.stack(ep["frames"]))
-        writer.append("frame_index", frames_written + np.arange(n, dtype=np.int64))
-        writer.append("episode", np.full(n, written, dtype=np.int32))
-        writer.append("actions", np.asarray(ep["actions"], dtype=np.uint8))
-        writer.append("rewards", np.asarray(ep["rewards"], dtype=np.float32))
-        dones = np.zeros(n, dtype=bool)
-        dones[-1] = True
-        writer.append("dones", dones)
-        writer.append("terminated", np.asarray(ep["terminated"], dtype=bool))
-        writer.append("random_action", np.asarray(ep["random"], dtype=bool))
-        writer.append("episode_first_frame", np.array([frames_written], dtype=np.int64))
-        writer.append("episode_length", np.array([n], dtype=np.int32))
-        writer.append("episode_return", np.array([sum(ep["rewards"])], dtype=np.float32))
-        writer.append("episode_env", np.array([ep["env"]], dtype=np.int32))
-        writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
-        written += 1
-        frames_written += n + 1
-
-    def requests(group: list[int]) -> list[tuple]:
-        """The group's next requests: a step for each env playing (one batched policy call, each
-        action replaced by a uniform one with the random share), a reset for each env whose
-        episode ended, while episodes are left."""
-        nonlocal started
-        playing = [i for i in group if episodes[i] is not None]
-        out = []
-        if playing:
-            with torch.inference_mode():
-                obs = torch.from_numpy(np.stack([np.concatenate(stacks[i]) for i in playing])).to(dev)
-                actions = torch.multinomial(action_probs(policy, obs), 1).squeeze(1).cpu().numpy()
-            random = rng.random(len(playing)) < a.random_action_share
-            actions = np.where(random, rng.integers(0, n_actions, len(playing)), actions)
-            for i, action, was_random in zip(playing, actions.tolist(), random.tolist()):
-                episodes[i]["actions"].append(action)
-                episodes[i]["random"].append(was_random)
-                out.append((i, "step", action))
-        for i in group:
-            if episodes[i] is None and started < a.episodes:
-                seed = env_seed(cfg, i)
-                episodes[i] = {"env": i, "seed": seed, "frames": [], "actions": [], "rewards": [], "terminated": [],
-                               "random": []}
-                out.append((i, "reset", None if seeded[i] else seed))
-                seeded[i] = True
-                started += 1
-        return out
-
-    def record(sent: list[tuple], answers: list[tuple]) -> None:
-        for (i, op, _), (frame, reward, terminated, truncated) in zip(sent, answers):
-            ep = episodes[i]
-            ep["frames"].append(frame)
-            stacks[i].extend([frame] * (k if op == "reset" else 1))
-            if op == "step":
-                ep["rewards"].append(reward)
-                ep["terminated"].append(terminated)
-                if terminated or truncated:
-                    finish(ep)
-                    episodes[i] = None
+    player = EpisodePlayer(cfg, policy, writer, n_envs, workers[0].n_actions)
 
     def send(g: int, sent: list[tuple]) -> None:
         workers[g % n_workers].send([(i // n_workers, op, arg) for i, op, arg in sent])
@@ -209,12 +213,12 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
     try:
         in_flight = deque()
         for g, group in enumerate(groups):
-            in_flight.append((g, requests(group)))
+            in_flight.append((g, player.requests(group)))
             send(*in_flight[-1])
         while in_flight:  # answers come back in the order sent; meanwhile the other groups emulate
             g, sent = in_flight.popleft()
-            record(sent, workers[g % n_workers].recv())
-            if nxt := requests(groups[g]):
+            player.record(sent, workers[g % n_workers].recv())
+            if nxt := player.requests(groups[g]):
                 in_flight.append((g, nxt))
                 send(g, nxt)
     finally:
@@ -223,19 +227,26 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
 
+    written = player.written
     order = np.random.default_rng([cfg.seed, 1]).permutation(written)
     is_val = np.zeros(written, dtype=bool)
     is_val[order[:int(round(a.val_fraction * written))]] = True
     writer.add("episode_is_val", is_val)
-    transitions = frames_written - written
-    return {"transitions": transitions, "episodes": written, "frames": frames_written, "seconds": seconds,
+    transitions = player.frames_written - written
+    return {"transitions": transitions, "episodes": written, "frames": player.frames_written, "seconds": seconds,
             "transitions_per_s": transitions / max(seconds, 1e-9), "frame_shape": list(frame_shape(cfg.env)),
-            "n_actions": n_actions, "val_episodes": int(is_val.sum())}
+            "n_actions": player.n_actions, "val_episodes": int(is_val.sum())}
+
+
+def open_transitions(cfg: Config) -> Transitions:
+    """The transitions of inputs.dataset, checked against this config."""
+    return Transitions(open_collected(cfg.inputs.dataset, cfg), cfg.env.frame_stack)
 
 
 class Transitions:
     """Reads (state, action, reward, next_state, done) batches from a transitions dataset;
-    states are stacks of `frame_stack` frames gathered from the memory-mapped frames."""
+    states are stacks of `frame_stack` frames gathered from the memory-mapped frames. Training
+    draws from the training episodes, validation and scoring from the held-out ones."""
 
     def __init__(self, ds, frame_stack: int):
         self.frames, self.k = ds["frames"], frame_stack
@@ -261,8 +272,27 @@ class Transitions:
                 "next_state": torch.from_numpy(self.stacked(newest + 1, first)),
                 "action": torch.from_numpy(self.actions[ids].astype(np.int64)),
                 "reward": torch.from_numpy(self.rewards[ids]),
-                "done": torch.from_numpy(self.dones[ids])}
+                "done": torch.from_numpy(self.dones[ids]), "frame_channels": self.frame_shape[0]}
 
     def sample(self, ids: np.ndarray, rng: np.random.Generator, size: int, part: slice) -> dict:
         """A random batch of `size` from `ids`; loads only `part` (every process draws the same)."""
         return self.batch(ids[rng.integers(0, len(ids), size)][part])
+
+    def train_batch(self, rng: np.random.Generator, size: int, part: slice, step: int) -> dict:
+        """A training step's batch (the training loop's `Objective.batch`)."""
+        return self.sample(self.train_ids, rng, size, part)
+
+    def val_batch(self, rng: np.random.Generator, size: int, i: int) -> dict:
+        """A validation batch from the held-out episodes (`Objective.val_batch`)."""
+        return self.sample(self.val_ids, rng, size, slice(None))
+
+    def scoring_set(self, seed: int, n: int) -> dict:
+        """The fixed held-out transitions every model and probe of a seed is scored on."""
+        rng = np.random.default_rng([seed, 3])
+        return self.batch(np.sort(rng.choice(self.val_ids, min(n, len(self.val_ids)), replace=False)))
+
+    def mean_frame(self, seed: int, n: int = 1024) -> torch.Tensor:
+        """The mean newest frame of n training transitions: a floor for next-frame decoders."""
+        ids = np.sort(np.random.default_rng([seed, 4]).choice(self.train_ids, min(n, len(self.train_ids)), replace=False))
+        newest = self.frames[self.newest[ids] + 1]
+        return torch.from_numpy(np.asarray(newest, dtype=np.float32).mean(0) / 255.0)

@@ -1,14 +1,15 @@
-"""Darkroom family (AD paper): the agent sees only its own (x, y); the task is hidden.
-
-- darkroom: reward 1 on every step spent on the goal cell.
-- darkroom_hard: reward 1 only the first time the goal is reached in an episode.
-- dark_key_to_door: reward 1 for reaching the key, then 1 for reaching the door with the key.
+"""Darkroom family (AD paper): the agent sees only its own (x, y); the task is hidden. Each env is a
+row of `DARKROOM_RULES` (cccad/config.py): the agent must reach the task's targets in order (the
+goal; or the key, then the door), each rewarded on the first arrival; `darkroom` also rewards
+every step spent on its goal.
 
 Two implementations with one behaviour: `BatchedDarkroom` steps many (task, stream) pairs in one
 numpy operation (collection and evaluation use it); `DarkroomEnv` is a plain gymnasium Env written
-independently, so a test can check that they agree step for step.
+independently, one step at a time, so a test can check that they agree step for step.
 """
 from __future__ import annotations
+
+import itertools
 
 import gymnasium as gym
 import numpy as np
@@ -21,17 +22,14 @@ OBS_DIM = 2
 
 
 class DarkroomTasks:
-    """The task set of one env config and its fixed-seed train/test split."""
+    """The task set of one env config (every ordered choice of distinct target cells, as
+    (x1, y1[, x2, y2])) and its fixed-seed train/test split."""
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
-        cells = np.array([(x, y) for x in range(cfg.size) for y in range(cfg.size)], dtype=np.int64)
-        if cfg.name == "dark_key_to_door":
-            key, door = np.meshgrid(np.arange(len(cells)), np.arange(len(cells)), indexing="ij")
-            keep = key.ravel() != door.ravel()
-            self.tasks = np.concatenate([cells[key.ravel()[keep]], cells[door.ravel()[keep]]], axis=1)
-        else:
-            self.tasks = cells
+        cells = [(x, y) for x in range(cfg.size) for y in range(cfg.size)]
+        self.tasks = np.array([sum(targets, ()) for targets in itertools.permutations(cells, cfg.rules.targets)],
+                              dtype=np.int64)
         rng = np.random.default_rng(cfg.split_seed)
         order = rng.permutation(len(self.tasks))
         n_test = max(1, int(round(cfg.test_fraction * len(self.tasks))))
@@ -43,16 +41,21 @@ class DarkroomTasks:
         return np.array([self.cfg.size // 2, self.cfg.size // 2], dtype=np.int64)
 
     def optimal_return(self, task_ids: np.ndarray) -> np.ndarray:
-        """Best achievable return from the start cell, per task."""
-        tasks, horizon = self.tasks[task_ids], self.cfg.horizon
-        # a target on the start cell is reached by the first step (a no-op)
-        first = np.maximum(np.abs(tasks[:, :2] - self.start).sum(1), 1)
-        if self.cfg.name == "darkroom":
-            return np.where(first <= horizon, horizon - first + 1, 0).astype(np.float64)
-        if self.cfg.name == "darkroom_hard":
-            return (first <= horizon).astype(np.float64)
-        second = np.abs(tasks[:, 2:] - tasks[:, :2]).sum(1)
-        return ((first <= horizon).astype(np.float64) + (first + second <= horizon))
+        """Best achievable return from the start cell, per task: each target reached within the
+        horizon is worth 1, and with `stay_rewarded` so is every later step on the last one."""
+        tasks, horizon, rules = self.tasks[task_ids], self.cfg.horizon, self.cfg.rules
+        arrival = np.zeros(len(tasks), dtype=np.int64)
+        total = np.zeros(len(tasks))
+        here = np.broadcast_to(self.start, (len(tasks), 2))
+        for k in range(rules.targets):
+            target = tasks[:, 2 * k:2 * k + 2]
+            # a target on the cell the agent stands on is reached by the next step (a no-op)
+            arrival = arrival + np.maximum(np.abs(target - here).sum(1), 1)
+            total += arrival <= horizon
+            here = target
+        if rules.stay_rewarded:
+            total += np.where(arrival <= horizon, horizon - arrival, 0)
+        return total
 
 
 class BatchedDarkroom:
@@ -65,37 +68,32 @@ class BatchedDarkroom:
 
     @property
     def n_tabular_states(self) -> int:
-        """Cells x one progress bit (key held / goal already rewarded): what a tabular learner needs."""
+        """Cells x one progress bit (a target already rewarded): what a tabular learner needs."""
         return self.cfg.size * self.cfg.size * 2
 
     def reset(self) -> np.ndarray:
         self.pos = np.tile(np.array([self.cfg.size // 2] * 2, dtype=np.int64), (self.n, 1))
-        self.progress = np.zeros(self.n, dtype=bool)  # key held (key-to-door) or goal reached (hard)
-        self.done_door = np.zeros(self.n, dtype=bool)
+        self.reached = np.zeros(self.n, dtype=np.int64)  # targets reached and rewarded so far
         self.t = 0
         return self.pos.copy()
 
     def tabular_state(self) -> np.ndarray:
-        return (self.pos[:, 0] * self.cfg.size + self.pos[:, 1]) * 2 + self.progress
+        return (self.pos[:, 0] * self.cfg.size + self.pos[:, 1]) * 2 + (self.reached > 0)
 
     def step(self, actions: np.ndarray):
         """Returns (obs, reward, done); every episode in the batch ends at the same step."""
+        rules = self.cfg.rules
         self.pos = np.clip(self.pos + MOVES[actions], 0, self.cfg.size - 1)
-        at_first = (self.pos == self.tasks[:, :2]).all(1)
-        name = self.cfg.name
-        if name == "darkroom":
-            reward = at_first.astype(np.float32)
-        elif name == "darkroom_hard":
-            reward = (at_first & ~self.progress).astype(np.float32)
-            self.progress |= at_first
-        else:
-            got_key = at_first & ~self.progress
-            at_door = (self.pos == self.tasks[:, 2:]).all(1) & self.progress & ~self.done_door
-            reward = (got_key | at_door).astype(np.float32)
-            self.progress |= got_key
-            self.done_door |= at_door
+        rows = np.arange(self.n)
+        nxt = np.minimum(self.reached, rules.targets - 1)  # the target sought (the last, once all are reached)
+        target = self.tasks[rows[:, None], 2 * nxt[:, None] + np.arange(2)]
+        on_target = (self.pos == target).all(1)
+        arrived = on_target & (self.reached < rules.targets)
+        staying = on_target & (self.reached == rules.targets) & rules.stay_rewarded
+        # a target that rewards every step on it is never done: it stays the one sought
+        self.reached += arrived & ~((nxt == rules.targets - 1) & rules.stay_rewarded)
         self.t += 1
-        return self.pos.copy(), reward, self.t >= self.cfg.horizon
+        return self.pos.copy(), (arrived | staying).astype(np.float32), self.t >= self.cfg.horizon
 
 
 class DarkroomEnv(gym.Env):
@@ -103,9 +101,9 @@ class DarkroomEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, cfg: EnvConfig | None = None, task=None):
-        self.cfg = cfg or EnvConfig()
-        self.task = tuple(int(v) for v in task) if task is not None else (0, 0)
+    def __init__(self, cfg: EnvConfig, task=None):
+        self.cfg = cfg
+        self.task = tuple(int(v) for v in task) if task is not None else (0, 0) * cfg.rules.targets
         self.observation_space = gym.spaces.Box(0, self.cfg.size - 1, shape=(OBS_DIM,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
 
@@ -113,7 +111,7 @@ class DarkroomEnv(gym.Env):
         super().reset(seed=seed)
         c = self.cfg.size // 2
         self.x, self.y, self.t = c, c, 0
-        self.has_key = self.reached = self.opened = False
+        self.next_target = 0
         return np.array([self.x, self.y], dtype=np.float32), {}
 
     def step(self, action):
@@ -121,17 +119,12 @@ class DarkroomEnv(gym.Env):
         last = self.cfg.size - 1
         self.x, self.y = min(max(self.x + dx, 0), last), min(max(self.y + dy, 0), last)
         self.t += 1
-        here = (self.x, self.y)
-        reward = 0.0
-        if self.cfg.name == "darkroom":
-            reward = float(here == self.task[:2])
-        elif self.cfg.name == "darkroom_hard":
-            if here == self.task[:2] and not self.reached:
-                reward, self.reached = 1.0, True
-        else:
-            if here == self.task[:2] and not self.has_key:
-                reward, self.has_key = 1.0, True
-            elif here == self.task[2:] and self.has_key and not self.opened:
-                reward, self.opened = 1.0, True
+        rules, reward = self.cfg.rules, 0.0
+        if self.next_target < rules.targets:
+            k = self.next_target
+            if (self.x, self.y) == self.task[2 * k:2 * k + 2]:
+                reward = 1.0
+                if not (rules.stay_rewarded and k == rules.targets - 1):
+                    self.next_target += 1
         obs = np.array([self.x, self.y], dtype=np.float32)
         return obs, reward, False, self.t >= self.cfg.horizon, {}

@@ -107,7 +107,7 @@ class ADTransformer(nn.Module):
         self.cfg, self.n_actions = cfg, n_actions
         self.n_positions = n_positions or cfg.context_len
         self.n_prefix = 0  # tokens a subclass puts in front (CompressedAD: latents)
-        # names shared with CompressedAD (seed: embed_context, embed_ln)
+        # names shared with CompressedAD (as the encoder pre-training guide names them)
         self.embed_context = nn.Linear(n_token_features(obs_dim, n_actions), cfg.n_embd)
         self.embed_ln = nn.LayerNorm(cfg.n_embd)
         self.pos_emb = nn.Embedding(self.n_positions, cfg.n_embd)

@@ -7,8 +7,8 @@ latents of depth d summarise the d chunks behind the recent transitions. Depth i
 most) D chunks, re-encoded from those chunks' transitions, so a context of any length costs at
 most n_latent + recent_len decoder tokens and D encoder passes per compression.
 
-Shared parts carry the seed's names: `embed_context`, `embed_ln` (token embedding, used by both
-encoder and decoder) and `encoder`.
+Shared parts carry the names of the CompressedAD encoder pre-training guide: `embed_context`,
+`embed_ln` (token embedding, used by both encoder and decoder) and `encoder`.
 """
 from __future__ import annotations
 

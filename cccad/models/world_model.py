@@ -1,17 +1,25 @@
-"""Seed 004's world-model nets: Encoder (frames -> z), Predictor ((z_t, a_t) -> z_{t+1}),
-Decoder (z -> frame), RewardPredictor ((z_t, z_{t+1}) -> reward). CNNs whose sizes come from
-`WorldModelConfig`: the encoder halves the frame at each of `channels`' stages, the decoder
-mirrors it. Frames enter as uint8 and are scaled to [0, 1] here. The decoder's output is unbounded (a
-sigmoid there saturated and died in a reference run: a black frame scores well on Atari, so the
-pre-activations fell until no gradient came back); `as_frames` clamps it to [0, 1] for scoring.
+"""The world-model nets of the JEPA-on-Atari study (its reference code: simple-rl-worlds): Encoder
+(frames -> z), Predictor ((z_t, a_t) -> z_{t+1}), Decoder (z -> frame), RewardPredictor ((z_t,
+z_{t+1}) -> reward). CNNs whose sizes come from `WorldModelConfig`: the encoder halves the frame
+at each of `channels`' stages, the decoder mirrors it. Frames enter as uint8 and are scaled to
+[0, 1] here. The decoder's output is unbounded (a sigmoid there saturated and died in a reference
+run: a black frame scores well on Atari, so the pre-activations fell until no gradient came back);
+`as_frames` clamps it to [0, 1] for scoring.
+
+Below the nets: building them from a config, their weights files (as the reference names them,
+under each run folder), and loading trained ones frozen.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cccad.config import WorldModelConfig
+from cccad.checkpoint import load_matching, load_weights
+from cccad.config import ATARI_KEYS, Config, WorldModelConfig
+from cccad.envs.atari import channels
 
 
 class Encoder(nn.Module):
@@ -94,3 +102,47 @@ def latent_spread(z: torch.Tensor) -> torch.Tensor:
     the same latent, whatever the latents' size. Collapse shows as this falling toward zero."""
     z = z.float()
     return z.std(dim=0).mean() / z.pow(2).mean().sqrt().clamp(min=1e-12)
+
+
+# ----------------------------------------------------------------------------- from a config, and from runs
+
+# a trained encoder's weights file (encoder, predictor and decoder or EMA target) inside its run folder
+WEIGHTS = {"encoder_decoder": "weights/encoder_decoder/model.pt", "jepa": "weights/jepa/model.pt"}
+# nets must be built and fed alike to be loaded: the config they were trained with must match these
+NET_CONFIG = tuple(f"env.{k}" for k in ATARI_KEYS) + tuple(
+    f"world_model.{k}" for k in ("latent_dim", "channels", "predictor_hidden", "action_embed"))
+
+
+def build_encoder(cfg: Config) -> Encoder:
+    return Encoder(cfg.world_model, cfg.env.frame_stack * channels(cfg.env), cfg.env.frame_size)
+
+
+def build_decoder(cfg: Config) -> Decoder:
+    return Decoder(cfg.world_model, channels(cfg.env), cfg.env.frame_size)
+
+
+def next_frame(batch: dict) -> torch.Tensor:
+    """The newest frame of next_state, in [0, 1]: what the decoders reconstruct."""
+    return batch["next_state"][:, -batch["frame_channels"]:].float() / 255.0
+
+
+def weights_file(model: nn.ModuleDict, parts, step: int, cfg: Config, n_actions: int) -> dict:
+    """A world-model weights file: `<part>_state_dict` per part."""
+    return {**{f"{p}_state_dict": model[p].state_dict() for p in parts}, "global_step": step,
+            "config": cfg.to_dict(), "n_actions": n_actions}
+
+
+def trained_run(cfg: Config, name: str) -> Path:
+    """The run folder of trained encoder `name` (a key of WEIGHTS): inputs.<name>_run."""
+    return Path(getattr(cfg.inputs, f"{name}_run"))
+
+
+def load_frozen(cfg: Config, name: str, parts=("encoder", "predictor")) -> nn.ModuleDict:
+    """The encoder (and predictor) a world-model run trained, refused unless built and fed as
+    this config builds and feeds them."""
+    path = trained_run(cfg, name) / WEIGHTS[name]
+    state = load_matching(path, tuple(f"{p}_state_dict" for p in parts) + ("n_actions",), cfg.to_dict(), NET_CONFIG)
+    nets = nn.ModuleDict({"encoder": build_encoder(cfg), "predictor": Predictor(cfg.world_model, state["n_actions"])})
+    for p in parts:
+        load_weights(nets[p], state[f"{p}_state_dict"], path, prefix=f"{p}.")
+    return nets.requires_grad_(False).eval()

@@ -9,16 +9,19 @@ cluster submitter treat them alike.
                  the listed stages of that env's family
     TRAINS       whether it trains through the training loop, and so may run as several
                  processes (DDP or ZeRO); stages that do not run as one process
+    REPORT       its sections of the study report (cccad/sections.py)
     decided_by(cfg)             the config subset that decides the outputs (its hash stamps them)
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict
     outputs_valid(cfg, run_dir) whether outputs exist and validate (beyond metrics.json)
-"""
-from cccad.stages import (collect, evaluate, pretrain_encoder, probe, train, train_dynamics_reward_predictor,
-                          train_encoder_decoder, train_jepa, train_jepa_decoder, train_reward_predictor)
+    summary(metrics)            a complete run in a line, after `cccad local`
 
-# in dependency order
-STAGES = {"collect": collect, "pretrain_encoder": pretrain_encoder, "train": train, "evaluate": evaluate,
-          "probe": probe, "train_encoder_decoder": train_encoder_decoder, "train_jepa": train_jepa,
-          "train_jepa_decoder": train_jepa_decoder, "train_reward_predictor": train_reward_predictor,
-          "train_dynamics_reward_predictor": train_dynamics_reward_predictor}
+A stage never imports another; what several share lives below them (cccad/data, cccad/models, ...).
+Adding one: its module here, its name in `config.STAGE_NAMES` (the one list of stages, in dependency
+order), and for `accelerate launch` users a two-line jobs/<stage>.py.
+"""
+from importlib import import_module
+
+from cccad.config import STAGE_NAMES
+
+STAGES = {name: import_module(f"cccad.stages.{name}") for name in STAGE_NAMES}

@@ -8,49 +8,42 @@ from pathlib import Path
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from cccad.config import ATARI_KEYS, DARKROOM_KEYS, Config, ConfigError, config_hash
+from cccad.config import Config, config_hash
+from cccad.data.collected import KIND, dataset_config, open_collected
 from cccad.data.histories import collect_histories
-from cccad.data.store import DatasetError, DatasetWriter, open_dataset
+from cccad.data.store import DatasetError, DatasetWriter
 from cccad.plots import line_plot
+from cccad.sections import Column, Curves, Section
 
 NEEDS: tuple = ()
 INPUT_KEYS: dict = {}
 PER_VARIANT = False
 FAMILIES = ("darkroom", "atari")
 TRAINS = False
-KIND = "learning_histories"
-ATARI_KIND = "atari_transitions"
 DATASET = "dataset"
 AGENT_DIR = "agent"
 
 
-def dataset_config(cfg: Config) -> dict:
-    """What determines the data: a dataset is reused only when this matches exactly."""
-    d = cfg.to_dict()
-    if cfg.env.family == "atari":
-        return {"seed": d["seed"], "env": {k: d["env"][k] for k in ("name",) + ATARI_KEYS}, "atari": d["atari"]}
-    return {"seed": d["seed"], "env": {k: d["env"][k] for k in ("name",) + DARKROOM_KEYS}, "collect": d["collect"]}
+REPORT = (Section(
+    "Data collection", "Transitions recorded, and the return of the source algorithm (Darkroom: the learner "
+    "whose histories are distilled; Atari: the PPO agent).",
+    (Column("transitions", lambda m: m.get("transitions"), 0),
+     Column("source's last normalised return", lambda m: m.get("last_normalised_return")),
+     Column("PPO agent's last return", lambda m: m.get("agent_last_return"), 1),
+     Column("transitions/s", lambda m: m.get("transitions_per_s"), 0)), labels=("env",),
+    plots=(Curves("collect", "source algorithm during collection ({env})", "episode or step", "return",
+                  tags=("collect/normalised_return", "collect/agent_return")),)),)
+
+
+def summary(m: dict) -> str:
+    if "agent_seconds" in m:  # Atari
+        agent = m.get("agent_last_return")
+        return f"{m['transitions']:,} transitions" + (f", the PPO agent's last return {agent:.1f}" if agent is not None else "")
+    return f"{m['transitions']:,} transitions, the source's last normalised return {m['last_normalised_return']:.3f}"
 
 
 def decided_by(cfg: Config) -> dict:
     return dataset_config(cfg)
-
-
-def require_dataset(cfg: Config, path: str, key: str) -> None:
-    """Before any work: the dataset exists, was collected for this config and is whole (sizes and
-    checksums)."""
-    if not path:
-        raise ConfigError(f"{key}: not set (a collect run folder's dataset)")
-    if not (Path(path) / "manifest.json").is_file():
-        raise ConfigError(f"{key}: no dataset at {path}")
-    open_collected(path, cfg)
-
-
-def open_collected(path: str | Path, cfg: Config, verify: bool = True):
-    """The dataset a collect run made for this config (learning histories or Atari transitions)."""
-    expect = dataset_config(cfg)
-    kind = ATARI_KIND if cfg.env.family == "atari" else KIND
-    return open_dataset(path, kind=kind, expect_config=expect, expect_hash=config_hash(expect), verify=verify)
 
 
 def preflight(cfg: Config) -> None:
@@ -67,16 +60,16 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
         return False
 
 
-def load_or_collect(cfg: Config, run_dir: Path, kind: str, collect, log) -> dict:
-    """The seed's DataLoadingPipeline / DataCollectionPipeline: load a valid dataset for this
-    config, else collect one (`collect(writer) -> stats`) and commit it atomically."""
+def load_or_collect(cfg: Config, run_dir: Path, collect, log) -> dict:
+    """As the world-model reference's DataLoadingPipeline / DataCollectionPipeline: load a valid
+    dataset for this config, else collect one (`collect(writer) -> stats`) and commit it atomically."""
     path = Path(run_dir) / DATASET
     if (path / "manifest.json").exists():
         ds = open_collected(path, cfg)  # refuses a mismatched or corrupt dataset, never overwrites it
         log(f"loaded existing dataset {path}")
         return ds.meta
     expect = dataset_config(cfg)
-    writer = DatasetWriter(path, kind, expect, config_hash(expect))
+    writer = DatasetWriter(path, KIND[cfg.env.family], expect, config_hash(expect))
     try:
         stats = collect(writer)
         writer.commit(counts={k: stats[k] for k in ("transitions", "episodes", "n_streams") if k in stats}, meta=stats)
@@ -91,7 +84,7 @@ def load_or_collect(cfg: Config, run_dir: Path, kind: str, collect, log) -> dict
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
     if cfg.env.family == "atari":
         return run_atari(cfg, run_dir, log)
-    stats = load_or_collect(cfg, run_dir, KIND, lambda writer: collect_histories(cfg, writer), log)
+    stats = load_or_collect(cfg, run_dir, lambda writer: collect_histories(cfg, writer), log)
     curve, norm = stats["return_curve"], stats["normalised_return_curve"]
     with SummaryWriter(Path(run_dir) / "tb") as tb:
         for i, (r, n) in enumerate(zip(curve, norm)):
@@ -118,7 +111,7 @@ def run_atari(cfg: Config, run_dir: Path, log=print) -> dict:
         return {**collect_transitions(cfg, policy, writer), "agent_returns": info["returns"],
                 "agent_seconds": info["seconds"]}
 
-    stats = load_or_collect(cfg, run_dir, ATARI_KIND, collect, log)
+    stats = load_or_collect(cfg, run_dir, collect, log)
     agent_returns = stats["agent_returns"]
     if agent_returns:
         with SummaryWriter(Path(run_dir) / "tb") as tb:

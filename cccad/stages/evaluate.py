@@ -12,49 +12,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cccad.config import Config, ConfigError, pick
+from cccad.config import Config, pick
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM, BatchedDarkroom, DarkroomTasks
 from cccad.models.context import History, context_for
+from cccad.models.policies import load_trained, require_trained, trained_by
 from cccad.plots import line_plot
-from cccad.stages import train
-from cccad.trainer import FINAL_MODEL, CheckpointError, load_checkpoint, load_weights
+from cccad.runtime import device
+from cccad.sections import Column, Curves, Section
 
 NEEDS = ("train",)
-INPUT_KEYS = {"train": ("evaluate.checkpoint", ".")}
+INPUT_KEYS = {"train": ("inputs.train_run", ".")}
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
 TRAINS = False
 
 
+REPORT = (Section(
+    "In-context evaluation on held-out goals", "Return of the last in-context episode divided by the optimal "
+    "return, averaged over held-out goals; mean ± 95% interval over seeds. No weight updates during evaluation.",
+    (Column("final normalised return", lambda m: m["final_normalised_return"]),
+     Column("final return", lambda m: m["final_return"], 2),
+     Column("compressions per stream", lambda m: m["compressions"], 0)),
+    plots=(Curves("in_context", "in-context learning on held-out goals ({env})", "episode", "return / optimal",
+                  curve=lambda m: m["normalised_return_curve"], hline=1.0),)),)
+
+
+def summary(m: dict) -> str:
+    return (f"last in-context episode return / optimal = {m['final_normalised_return']:.3f}"
+            + (f" ({m['compressions']} compressions)" if m.get("compressions") else ""))
+
+
 def decided_by(cfg: Config) -> dict:
-    return {**train.decided_by(cfg), **pick(cfg, "evaluate")}
+    return {**trained_by(cfg), **pick(cfg, "evaluate")}
 
 
 def preflight(cfg: Config) -> None:
-    if not cfg.evaluate.checkpoint:
-        raise ConfigError("evaluate.checkpoint: not set (a train run folder)")
-    if not (Path(cfg.evaluate.checkpoint) / FINAL_MODEL).is_file():
-        raise ConfigError(f"evaluate.checkpoint: no {FINAL_MODEL} in {cfg.evaluate.checkpoint}")
-    load_model(cfg, cfg.evaluate.checkpoint, torch.device("cpu"))  # refused here, before any work, if it does not fit
+    require_trained(cfg)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
     return (Path(run_dir) / "in_context_return.png").is_file()
-
-
-def load_model(cfg: Config, train_run: str | Path, device) -> torch.nn.Module:
-    """A train run's final model, refused unless it was trained on this env and model config."""
-    path = Path(train_run) / FINAL_MODEL
-    state = load_checkpoint(path, ("model_state_dict", "global_step", "config"))
-    own_cfg = cfg.to_dict()
-    for section in ("env", "model"):  # same tasks (so the same held-out split) and same network
-        for key, value in own_cfg[section].items():
-            if state["config"].get(section, {}).get(key) != value:
-                raise CheckpointError(f"{path}: trained with {section}.{key}="
-                                      f"{state['config'].get(section, {}).get(key)!r}, this config has {value!r}")
-    model = train.build_model(cfg)
-    load_weights(model, state["model_state_dict"], path)
-    return model.to(device).eval()
 
 
 @torch.no_grad()
@@ -86,12 +83,12 @@ def rollout(model, cfg: Config, tasks: np.ndarray, seed: int, device) -> tuple[n
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(cfg, cfg.evaluate.checkpoint, device)
+    dev = device()
+    model = load_trained(cfg, cfg.inputs.train_run, dev)
     family = DarkroomTasks(cfg.env)
     task_ids = np.repeat(family.test_ids, cfg.evaluate.streams_per_task)
     chunks = [task_ids[i:i + cfg.evaluate.batch_size] for i in range(0, len(task_ids), cfg.evaluate.batch_size)]
-    results = [rollout(model, cfg, family.tasks[ids], cfg.seed * 7919 + i, device) for i, ids in enumerate(chunks)]
+    results = [rollout(model, cfg, family.tasks[ids], cfg.seed * 7919 + i, dev) for i, ids in enumerate(chunks)]
     returns, compressions = np.concatenate([r for r, _ in results]), results[0][1]
     normalised = returns / np.maximum(family.optimal_return(task_ids), 1e-9)[:, None]
     curve, norm_curve = returns.mean(0), normalised.mean(0)
@@ -100,7 +97,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     log(f"held-out tasks: {len(family.test_ids)}, final episode return {curve[-1]:.2f}, "
         f"normalised {norm_curve[-1]:.3f}, {compressions} compressions per stream")
     return {"model": cfg.model.kind, "compressions": compressions,
-            "context_transitions": cfg.evaluate.episodes * cfg.env.horizon,"n_test_tasks": int(len(family.test_ids)), "episodes": cfg.evaluate.episodes,
+            "context_transitions": cfg.evaluate.episodes * cfg.env.horizon, "n_test_tasks": int(len(family.test_ids)), "episodes": cfg.evaluate.episodes,
             "return_curve": curve.tolist(), "normalised_return_curve": norm_curve.tolist(),
             "final_return": float(curve[-1]), "final_normalised_return": float(norm_curve[-1]),
             "final_normalised_return_per_task": {int(t): float(v) for t, v in zip(

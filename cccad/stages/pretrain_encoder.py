@@ -3,13 +3,13 @@ reconstruction. Windows of d chunks are compressed recursively into latents of d
 small decoder reconstructs every compressed transition (s, a, r, s') from them; MSE loss. The
 curriculum's phases set which depths a step may draw.
 
-Output: `encoder-pretrained-final.pt` with exactly the seed's keys (encoder_state_dict,
-embed_context_state_dict, embed_ln_state_dict, global_step, config). The resumable training state
+Output: `encoder-pretrained-final.pt` with exactly the keys of the CompressedAD encoder
+pre-training guide (encoder_state_dict, embed_context_state_dict, embed_ln_state_dict,
+global_step, config). The resumable training state
 lives in checkpoints/ like every other training stage's.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +17,35 @@ import torch
 import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
+from cccad.data.collected import open_collected, require_dataset
 from cccad.data.histories import sample_windows, split_streams
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.compressed_ad import EncoderPretrainer, transition_columns
-from cccad.stages.collect import open_collected, require_dataset
+from cccad.models.policies import PRETRAINED_FILE, PRETRAINED_PARTS
+from cccad.sections import Column, Section
 from cccad.trainer import Objective, fit
 
 NEEDS = ("collect",)
-INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
+INPUT_KEYS = {"collect": ("inputs.dataset", "dataset")}
 PER_VARIANT = False
 FAMILIES = ("darkroom",)
 TRAINS = True
-PRETRAINED_FILE = "encoder-pretrained-final.pt"
-SEED_KEYS = ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict", "global_step", "config")
 # train keys that only the action-prediction stage uses, and decoder-only model keys
-NOT_USED = ("train.steps", "train.batch_size", "train.lr", "train.num_warmup_steps",
-            "train.pretrained_encoder_path", "train.freeze_encoder", "model.kind", "model.context_len",
-            "model.recent_len", "model.n_layer")
+NOT_USED = ("train.steps", "train.batch_size", "train.lr", "train.num_warmup_steps", "train.freeze_encoder",
+            "model.kind", "model.context_len", "model.recent_len", "model.n_layer")
+
+
+REPORT = (Section(
+    "Encoder pre-training (reconstruction, depth curriculum)", "Correlation between reconstructed and true "
+    "transitions on held-out streams at the end of pre-training.",
+    (Column("validation correlation", lambda m: m.get("final_val_correlation")),
+     Column("validation loss", lambda m: m.get("final_val_loss"), 4),
+     Column("first training loss", lambda m: m.get("initial_loss"), 4)), labels=("env",)),)
+
+
+def summary(m: dict) -> str:
+    corr = m.get("final_val_correlation")
+    return f"reconstruction correlation on held-out streams {corr:.3f}" if corr is not None else "no held-out streams"
 
 
 def decided_by(cfg: Config) -> dict:
@@ -41,7 +53,7 @@ def decided_by(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> None:
-    require_dataset(cfg, cfg.train.dataset, "train.dataset")
+    require_dataset(cfg)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -77,7 +89,7 @@ def reconstruction_loss(model, batch):
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    ds = open_collected(cfg.train.dataset, cfg)
+    ds = open_collected(cfg.inputs.dataset, cfg)
     pc, c = cfg.pretrain, cfg.model.chunk_len
     n_streams, steps = ds["actions"].shape
     deepest = max(d for p in pc.curriculum for d in p.depths)
@@ -93,11 +105,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         drawn[phase][depth] += size
         return sample_windows(ds, train_ids, rng, size, depth * c, part, scale)
 
-    val_batch = None
-    if len(val_ids):
-        val_batch = lambda i: sample_windows(  # noqa: E731  (every depth in turn)
-            ds, val_ids, np.random.default_rng([cfg.seed, 2, i]), pc.pretrain_batch_size,
-            (1 + i % deepest) * c, slice(None), scale)
+    def val_batch(rng, size, i):  # every depth in turn
+        return sample_windows(ds, val_ids, rng, size, (1 + i % deepest) * c, slice(None), scale)
 
     planned = planned_depth_counts(cfg)
     log("samples per compression depth: " + "; ".join(
@@ -108,17 +117,13 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     log(f"encoder pre-training: {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({sum(p.numel() for p in model.encoder.parameters()):,} in the encoder), "
         f"{cfg.model.n_latent} latents per {c}-transition chunk")
-    fit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=pc.pretrain_steps, batch_size=pc.pretrain_batch_size, lr=pc.pretrain_lr,
-        num_warmup_steps=pc.pretrain_warmup_steps))
+    def final(m, step):  # the pre-training guide's file, exactly
+        return {PRETRAINED_FILE: {**{f"{part}_state_dict": getattr(m, part).state_dict() for part in PRETRAINED_PARTS},
+                                  "global_step": step, "config": cfg.to_dict()}}
 
-    def final(m, step):  # the seed's checkpoint, exactly
-        return {PRETRAINED_FILE: {
-            "encoder_state_dict": m.encoder.state_dict(), "embed_context_state_dict": m.embed_context.state_dict(),
-            "embed_ln_state_dict": m.embed_ln.state_dict(), "global_step": step, "config": cfg.to_dict()}}
-
-    result = fit(run_dir, fit_cfg, Objective(model, reconstruction_loss, batch, decided_by(cfg), val_batch,
-                                             tag="pretrain", final=final), log=log)
+    result = fit(run_dir, cfg.for_pretraining(), Objective(model, reconstruction_loss, batch, decided_by(cfg),
+                                                          val_batch if len(val_ids) else None, tag="pretrain",
+                                                          final=final), log=log)
     history = result["history"]
     val_rows = [r for r in history if "val_correlation" in r]
     result.update({

@@ -15,33 +15,54 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
+from cccad.data.collected import open_collected, require_dataset
 from cccad.data.histories import sample_windows, split_streams
 from cccad.envs.darkroom import DarkroomTasks
 from cccad.models.compressed_ad import CompressedAD
+from cccad.models.policies import load_trained, require_trained, trained_by
 from cccad.plots import line_plot
-from cccad.stages import train
-from cccad.stages.collect import open_collected, require_dataset
-from cccad.stages.evaluate import load_model
-from cccad.trainer import FINAL_MODEL, Objective, fit, probe_fit_config
+from cccad.runtime import device
+from cccad.sections import Bars, Column, Section
+from cccad.trainer import Objective, fit
 
 NEEDS = ("collect", "train")
-INPUT_KEYS = {"collect": ("probe.dataset", "dataset"), "train": ("probe.checkpoint", ".")}
+INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train": ("inputs.train_run", ".")}
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
 TRAINS = True
 PLOT = "probe_accuracy.png"
 
 
+def deepest(m: dict) -> dict:
+    """A probe run's scores at its deepest window: {kind: {"accuracy", "cell_error"}}."""
+    return m["per_depth"][max(m["per_depth"], key=int)]
+
+
+REPORT = (Section(
+    "Goal-position probe", "Share of held-out streams whose goal cell a head trained on the frozen representation "
+    "(attention pooling, then an MLP) gets exactly right, at the deepest window probed, against guessing the "
+    "mean goal.",
+    (Column("accuracy, latent", lambda m: deepest(m).get("latent", {}).get("accuracy")),
+     Column("accuracy, uncompressed", lambda m: deepest(m)["uncompressed"]["accuracy"]),
+     Column("mean-goal guess", lambda m: m["chance"]["accuracy"])),
+    plots=(Bars("goal_probe", "goal-position probe, deepest window", "accuracy",
+                values=lambda m: {kind: s["accuracy"] for kind, s in deepest(m).items()},
+                floor=lambda m: m["chance"]["accuracy"], floor_label="mean-goal guess"),)),)
+
+
+def summary(m: dict) -> str:
+    return ("goal probe accuracy at the deepest window: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in deepest(m).items())
+            + f" (mean-goal guess {m['chance']['accuracy']:.3f})")
+
+
 def decided_by(cfg: Config) -> dict:
     windows = {"chunk_len": cfg.model.chunk_len, "depths": cfg.model.max_compression_depth}  # AD's too
-    return {**train.decided_by(cfg), **pick(cfg, "probe"), "probe_windows": windows}
+    return {**trained_by(cfg), **pick(cfg, "probe"), "probe_windows": windows}
 
 
 def preflight(cfg: Config) -> None:
-    require_dataset(cfg, cfg.probe.dataset, "probe.dataset")
-    if not (Path(cfg.probe.checkpoint) / FINAL_MODEL).is_file():
-        raise ConfigError(f"probe.checkpoint: no {FINAL_MODEL} in {cfg.probe.checkpoint or '(not set)'}")
-    load_model(cfg, cfg.probe.checkpoint, torch.device("cpu"))  # refused here, before any work, if it does not fit
+    require_dataset(cfg)
+    require_trained(cfg)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -73,9 +94,9 @@ def views(model, features: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    frozen = load_model(cfg, cfg.probe.checkpoint, device).requires_grad_(False)
-    ds = open_collected(cfg.probe.dataset, cfg)
+    dev = device()
+    frozen = load_trained(cfg, cfg.inputs.train_run, dev).requires_grad_(False)
+    ds = open_collected(cfg.inputs.dataset, cfg)
     m, size = cfg.model, cfg.env.size
     depths = list(range(1, m.max_compression_depth + 1))
     c = m.chunk_len
@@ -112,10 +133,10 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
 
     log(f"goal probes on frozen {type(frozen).__name__}: {', '.join(heads)}; "
         f"{len(train_ids)} streams to train, {len(val_ids)} to score")
-    result = fit(run_dir, probe_fit_config(cfg), Objective(heads, loss, batch, decided_by(cfg), tag="probe", frozen=frozen), log=log)
+    result = fit(run_dir, cfg.for_probe(), Objective(heads, loss, batch, decided_by(cfg), tag="probe", frozen=frozen), log=log)
 
     # score on held-out streams, beside the constant guess of the mean training goal
-    heads = heads.to(device).eval()
+    heads = heads.to(dev).eval()
     guess = goals[train_ids].mean(0) / scale
     per_depth, val_goals = {}, []
     rng = np.random.default_rng([cfg.seed, 3])
@@ -124,7 +145,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
             b = windows(val_ids, rng, cfg.probe.val_samples, d)
             val_goals.append(b["goal"])
             per_depth[str(d)] = {kind: score(heads[f"{kind}_d{d}"](tokens).float().cpu(), b["goal"])
-                                 for kind, tokens in views(frozen, b["features"].to(device)).items()}
+                                 for kind, tokens in views(frozen, b["features"].to(dev)).items()}
     val_goals = torch.cat(val_goals)
     chance = score(guess.expand_as(val_goals), val_goals)
     names = {"latent": "latents (compressed)", "uncompressed": "token embeddings (uncompressed)"}

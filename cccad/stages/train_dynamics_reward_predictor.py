@@ -1,4 +1,4 @@
-"""Stage `train_dynamics_reward_predictor` (seed 004): the reward probe of
+"""Stage `train_dynamics_reward_predictor` (a probe of both world models): the reward probe of
 `train_reward_predictor` fed the *predicted* next latent, predictor(z_t, a_t), instead of the
 encoder's latent of the real next state: can the learned dynamics carry the reward? Encoder and
 predictor frozen; for both encoders; output in weights/<encoder>/dynamics_reward_predictor/."""
@@ -7,24 +7,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from cccad.config import Config
-from cccad.stages import train_reward_predictor as reward_probe
+from cccad.world_probes import (require_inputs, reward_probe_decided_by, reward_probe_valid, reward_section,
+                                reward_summary, run_reward_probe)
 
-NEEDS = reward_probe.NEEDS
-INPUT_KEYS = reward_probe.INPUT_KEYS
+NEEDS = ("collect", "train_encoder_decoder", "train_jepa")
+INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train_encoder_decoder": ("inputs.encoder_decoder_run", "."),
+              "train_jepa": ("inputs.jepa_run", ".")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
 TRAINS = True
-FOLDER = "dynamics_reward_predictor"
-preflight = reward_probe.preflight
+DYNAMICS = True  # the predicted next latent
+
+REPORT = (reward_section(DYNAMICS),)
+summary = reward_summary
 
 
 def decided_by(cfg: Config) -> dict:
-    return reward_probe.decided_by(cfg, dynamics=True)
+    return reward_probe_decided_by(cfg, DYNAMICS)
+
+
+def preflight(cfg: Config) -> None:
+    require_inputs(cfg, "encoder_decoder", "jepa")
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
-    return reward_probe.outputs_valid(cfg, run_dir, FOLDER)
+    return reward_probe_valid(run_dir, DYNAMICS)
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    return reward_probe.run(cfg, run_dir, log, dynamics=True, folder=FOLDER)
+    return run_reward_probe(cfg, run_dir, log, DYNAMICS)

@@ -1,4 +1,4 @@
-"""Stage `train_jepa` (seed 004): encode s_t, predict z_{t+1} from (z_t, a_t); L1 against the
+"""Stage `train_jepa` (the JEPA world model): encode s_t, predict z_{t+1} from (z_t, a_t); L1 against the
 EMA target encoder's latent of the real next state. No decoder. After every optimizer step the
 target moves toward the encoder: target = m * target + (1 - m) * encoder, with m going linearly
 from world_model.ema_momentum to ema_momentum_end. The target never receives gradients.
@@ -17,34 +17,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cccad.stages import world
 from cccad.config import Config
-from cccad.models.world_model import Predictor, latent_spread, latent_std
+from cccad.data.transitions import open_transitions
+from cccad.models.world_model import WEIGHTS, Predictor, build_encoder, latent_spread, latent_std, weights_file
+from cccad.sections import Column, Section
 from cccad.trainer import Objective, fit
+from cccad.world_probes import require_inputs, trained_by
 
 NEEDS = ("collect",)
-INPUT_KEYS = {"collect": ("train.dataset", "dataset")}
+INPUT_KEYS = {"collect": ("inputs.dataset", "dataset")}
 PER_VARIANT = False
 FAMILIES = ("atari",)
 TRAINS = True
-WEIGHTS = world.ENCODERS["jepa"]
 PARTS = ("encoder", "predictor", "target_encoder")
 
 
+REPORT = (Section(
+    "JEPA latent spread", "Spread of the online encoder's latents across a batch at the first and last logged "
+    "step: a spread falling toward zero is representation collapse.",
+    (Column("first spread", lambda m: m.get("first_latent_spread"), 4),
+     Column("final spread", lambda m: m.get("final_latent_spread"), 4),
+     Column("collapse warnings", lambda m: len(m.get("collapse_warnings") or []), 0)), labels=("env",)),)
+
+
+def summary(m: dict) -> str:
+    return (f"latent spread {m['first_latent_spread']:.4f} -> {m['final_latent_spread']:.4f}, "
+            f"{len(m['collapse_warnings'])} collapse warnings")
+
+
 def decided_by(cfg: Config) -> dict:
-    return world.decided_by(cfg)
+    return trained_by(cfg)
 
 
 def preflight(cfg: Config) -> None:
-    world.preflight(cfg)
+    require_inputs(cfg)
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
-    return (Path(run_dir) / WEIGHTS).is_file()
+    return (Path(run_dir) / WEIGHTS["jepa"]).is_file()
 
 
 def build(cfg: Config, n_actions: int) -> nn.ModuleDict:
-    encoder = world.encoder(cfg)
+    encoder = build_encoder(cfg)
     target = copy.deepcopy(encoder).requires_grad_(False)
     return nn.ModuleDict({"encoder": encoder, "predictor": Predictor(cfg.world_model, n_actions),
                           "target_encoder": target})
@@ -72,13 +86,13 @@ def ema_update(model: nn.ModuleDict, m: float) -> None:
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
-    data = world.open_transitions(cfg)
+    data = open_transitions(cfg)
     torch.manual_seed(cfg.seed)
     model = build(cfg, data.n_actions)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"JEPA: {trained:,} trained parameters (+ EMA target encoder), "
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation transitions")
-    batch, val_batch = world.sampler(cfg, data)
+
     def collapsing(row) -> bool:
         return row["latent_spread"] < cfg.world_model.collapse_spread
 
@@ -88,8 +102,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                 f"{row['latent_spread']:.2e} < world_model.collapse_spread {cfg.world_model.collapse_spread} "
                 f"at step {row['step']}")
 
-    final = lambda m, step: {WEIGHTS: world.weights_file(m, PARTS, step, cfg, data.n_actions)}  # noqa: E731
-    result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch, final=final,
+    final = lambda m, step: {WEIGHTS["jepa"]: weights_file(m, PARTS, step, cfg, data.n_actions)}  # noqa: E731
+    result = fit(run_dir, cfg, Objective(model, loss, data.train_batch, decided_by(cfg), data.val_batch, final=final,
                                          after_step=lambda m, step: ema_update(m, momentum(cfg, step)),
                                          on_log=on_log), log=log)
     history = result["history"]
