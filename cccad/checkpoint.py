@@ -109,15 +109,38 @@ class TrainingCheckpoints:
         self.strategy, self.zero, self.world, self.rank, self.keep = strategy, zero, world, rank, keep
         self.latest: Path | None = None
 
-    def resume(self, model, optimizer, scheduler, log) -> tuple[int, list]:
-        """Load the latest checkpoint's weights, optimizer (unless ZeRO's: see
+    def newest_whole(self, log, barrier) -> tuple[Path, dict] | tuple[None, None]:
+        """The newest checkpoint that loads whole (under ZeRO with every process's partition, so
+        every process picks the same one). A damaged one (truncated, a flipped byte: a disk's
+        doing, or a copy's) is set aside, renamed `<name>.damaged`, with a line naming it; the one
+        before it is tried. `barrier()` waits for every process (they all read before any renames)."""
+        keys = ("model_state_dict", "scheduler_state_dict", "global_step", "rng", "config_hash")
+        damaged, found = [], (None, None)
+        for path in reversed(checkpoint_files(self.run_dir)):
+            try:
+                state = load_checkpoint(path, keys + (() if self.zero else ("optimizer_state_dict",)))
+                same_layout = (state.get("strategy"), state.get("processes")) == (self.strategy, self.world)
+                for rank in range(self.world if self.zero and same_layout else 0):  # (another layout: refused below)
+                    load_checkpoint(shard_file(path, rank), ("zero", "rng"))
+                found = path, state
+                break
+            except CheckpointError as e:
+                damaged.append((path, e))
+        if damaged:
+            barrier()
+        for path, e in damaged:
+            if self.rank == 0:
+                for file in [path, *path.parent.glob(f"{path.stem}.rank*.pt")]:
+                    file.rename(file.with_name(file.name + ".damaged"))
+                log(f"skipped damaged checkpoint {path} ({e}); kept as {path.name}.damaged")
+        return found
+
+    def resume(self, model, optimizer, scheduler, log, barrier=lambda: None) -> tuple[int, list]:
+        """Load the newest whole checkpoint's weights, optimizer (unless ZeRO's: see
         `resume_partition`), scheduler and RNG; (step, history) to go on from, (0, []) if none."""
-        files = checkpoint_files(self.run_dir)
-        if not files:
+        self.latest, state = self.newest_whole(log, barrier)
+        if state is None:
             return 0, []
-        self.latest = files[-1]
-        state = load_checkpoint(self.latest, ("model_state_dict", "scheduler_state_dict", "global_step", "rng",
-                                              "config_hash") + (() if self.zero else ("optimizer_state_dict",)))
         if state["config_hash"] != self.identity:
             raise CheckpointError(f"{self.latest}: written by a different config (hash {state['config_hash']}, "
                                   f"this run {self.identity}); use a new run folder or delete {self.run_dir / CKPT_DIR}")

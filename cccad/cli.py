@@ -2,42 +2,101 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from cccad.cluster import ClusterError
-from cccad.config import ConfigError, dump_yaml, load_config
-from cccad.data.store import DatasetError
-from cccad.fs import atomic_write_text
-from cccad.report import write_report
-from cccad.runinfo import read_metrics, remove_metrics, run_folder, write_manifest, write_metrics
-from cccad.stages import STAGES
 from cccad.checkpoint import CheckpointError
-from cccad.trainer import EXIT_INTERRUPTED, Interrupted, OtherProcessDone, PeerLost
+from cccad.cluster import ClusterError
+from cccad.config import ConfigError, dump_yaml, load_config, source_of
+from cccad.data.store import DatasetError
+from cccad.fs import Busy, NoSpace, atomic_write_text, locked, taken_over
+from cccad.report import write_report
+from cccad.runinfo import RunLog, read_metrics, remove_metrics, run_folder, write_manifest, write_metrics
+from cccad.runtime import set_threads
+from cccad.stages import STAGES
+from cccad.study import StopRequested
+from cccad.trainer import Diverged, Interrupted, OtherProcessDone, PeerLost
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, OSError)
+# bad input or a run that cannot start (nothing done): exit 2
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ClusterError, Busy)
+# a run that failed on its way (its checkpoints stay for a rerun): exit 1
+RUN_FAILURES = (NoSpace, PeerLost, Diverged)
+
+
+def outcome(e: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code of what ended a command, or None for a bug (its traceback shows)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, NoSpace):
+        e = NoSpace(f"{e.filename or 'a file'}: no space left on device")
+    if isinstance(e, RUN_FAILURES):
+        return f"cccad: error: {e}", 1
+    if isinstance(e, USER_ERRORS + (OSError,)):
+        return f"cccad: error: {e}", 2
+    if isinstance(e, Interrupted):
+        return f"cccad: interrupted: {e}", e.exit_code
+    if isinstance(e, StopRequested):
+        return f"cccad: interrupted: {e}", 130
+    if isinstance(e, KeyboardInterrupt):
+        return "cccad: interrupted (Ctrl-C)", 130
+    return None
+
+
+@contextlib.contextmanager
+def named_sources(path, overrides):
+    """A ConfigError that names a config key but not where it came from gets its source."""
+    try:
+        yield
+    except ConfigError as e:
+        if m := re.match(r"([a-z_]+\.[a-z_.]+): ", str(e)):
+            raise ConfigError(f"{source_of(path, overrides, m.group(1))}: {e}") from None
+        raise
 
 
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.overrides)
     stage = STAGES[args.stage]
-    stage.preflight(cfg)
-    run_dir = Path(args.out or Path("runs") / run_folder(args.stage, cfg.env.name, cfg.seed))
+    if cfg.env.family not in stage.FAMILIES:
+        raise ConfigError(f"{source_of(args.config, args.overrides, 'env.name')}: env.name: stage {args.stage} runs "
+                          f"for {' and '.join(stage.FAMILIES)} envs, this config's env is {cfg.env.name}")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and not stage.TRAINS:
         raise ConfigError(f"stage {args.stage} runs as one process (it does not train); it was started as {processes}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if int(os.environ.get("RANK", "0")) == 0:  # of several processes, the main one writes the run's files
-        remove_metrics(run_dir)  # until this run ends, its folder is not complete
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        write_manifest(run_dir, cfg, args.stage)
-    t0 = time.perf_counter()
-    metrics = stage.run(cfg, run_dir, log=functools.partial(print, flush=True))
-    metrics["wall_seconds"] = time.perf_counter() - t0
-    write_metrics(run_dir, cfg, args.stage, metrics)
+    with named_sources(args.config, args.overrides):
+        stage.preflight(cfg)
+    run_dir = Path(args.out or Path("runs") / run_folder(args.stage, cfg.env.name, cfg.seed))
+    main = int(os.environ.get("RANK", "0")) == 0  # of several processes, the main one writes the run's files
+    set_threads()
+    with locked(run_dir, f"cccad run {args.stage}") if main else contextlib.nullcontext() as previous:
+        return run_stage(args, cfg, run_dir, main, previous)
+
+
+def run_stage(args, cfg, run_dir: Path, main: bool, previous_holder: str | None) -> int:
+    """`cccad run`'s work, in a run folder it holds: its files, the stage, its metrics; what it
+    says also in the folder's log.txt."""
+    stage = STAGES[args.stage]
+    log = RunLog(run_dir, main)
+    if line := taken_over(run_dir, previous_holder):
+        log(line)
+    try:
+        if main:
+            remove_metrics(run_dir)  # until this run ends, its folder is not complete
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            write_manifest(run_dir, cfg, args.stage)
+        t0 = time.perf_counter()
+        metrics = stage.run(cfg, run_dir, log=log)
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        write_metrics(run_dir, cfg, args.stage, metrics)
+    except BaseException as e:
+        if ended := outcome(e):
+            log.write_only(ended[0])  # (printed by main)
+        raise
+    finally:
+        log.close()
     print(f"{args.stage}: done, results in {run_dir}")
     return 0
 
@@ -48,7 +107,7 @@ def cmd_local(args) -> int:
     base, tasks = build_tasks(args.study, args.overrides, args.runs)
     root = Path(args.runs) / base.study.name
     print(f"study {base.study.name}: {len(tasks)} tasks under {root}")
-    status = run_local(tasks, log=functools.partial(print, flush=True))
+    status = run_local(tasks, root, log=functools.partial(print, flush=True))
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
     for task in tasks:  # each complete run in a line, as its stage sums it up
         if task.complete():
@@ -76,7 +135,9 @@ def cmd_status(args) -> int:
     from cccad.cluster import status
 
     rows = status(args.study, args.overrides, args.runs)
-    cols = ("stage", "task", "state", "job", "requeues", "logs")
+    cols = ("stage", "task", "state", "job", "requeues", "ended", "logs")
+    for r in rows:  # a cell a word (empty: -), so the columns split on spaces; the logs last
+        r.update(job=r["job"] or "-", ended=r["ended"].replace("exit code ", "exit:").replace("killed by ", "") or "-")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(f"{c:{widths[c]}}" for c in cols).rstrip())
     for r in rows:
@@ -147,17 +208,13 @@ def main(argv=None) -> int:
         args.overrides = args.overrides + rest
     try:
         code = args.func(args)
-    except USER_ERRORS as e:
-        print(f"cccad: error: {e}", file=sys.stderr)
-        code = 2
-    except PeerLost as e:  # not bad input: the run failed (its checkpoints stay for a rerun)
-        print(f"cccad: error: {e}", file=sys.stderr)
-        code = 1
     except OtherProcessDone:
         code = 0
-    except Interrupted as e:
-        print(f"cccad: interrupted: {e}", file=sys.stderr)
-        code = EXIT_INTERRUPTED
+    except (Exception, KeyboardInterrupt) as e:
+        if (ended := outcome(e)) is None:
+            raise
+        line, code = ended
+        print(line, file=sys.stderr)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # a process of a distributed run: its files are written and closed. torch.distributed and
         # DeepSpeed can leave C++ threads that abort the interpreter's own exit (SIGABRT), which

@@ -20,10 +20,13 @@ requeued with the same callable; the rerun resumes from that checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from cccad.config import build, merge_into, read_with_sources
-from cccad.fs import atomic_write_text
+from cccad.fs import atomic_write_json, locked
 from cccad.stages import STAGES
+from cccad.runinfo import describe_exit, last_end, record_end
 from cccad.study import Task, build_tasks, task_command, task_log
 
 
@@ -136,6 +140,10 @@ def load_profile(path: str | Path) -> Profile:
     if isinstance(defaults, dict) and isinstance(stages, dict):
         tree["stages"] = {name: merge_into(copy.deepcopy(defaults), res) if isinstance(res, dict) else res
                           for name, res in stages.items()}
+        for name, res in stages.items():  # a value a stage takes from defaults: the file set it there
+            for key in defaults:
+                if isinstance(res, dict) and key not in res and f"defaults.{key}" in sources:
+                    sources.setdefault(f"stages.{name}.{key}", sources[f"defaults.{key}"])
     return build(tree, sources, Profile)
 
 
@@ -241,8 +249,10 @@ class StageJob:
             self._child = subprocess.Popen(task_command(task), stdout=log, stderr=subprocess.STDOUT)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
                 time.sleep(0.5)
+        if rank == 0:
+            record_end(task.run_dir, rc, f"SLURM job {os.environ.get('SLURM_JOB_ID')}")
         if rc != 0 or (rank == 0 and not task.complete()):
-            raise RuntimeError(f"{task.name}: exit code {rc}, see {log.name}")
+            raise RuntimeError(f"{task.name}: {describe_exit(rc)}, see {log.name}")
         print(f"{task.name}: done", flush=True)
         return "done"
 
@@ -257,6 +267,9 @@ class StageJob:
             deadline = time.time() + 60
             while child.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
+            if child.returncode is not None and submitit.JobEnvironment().global_rank == 0:
+                record_end(self.task().run_dir, child.returncode,
+                           f"SLURM job {os.environ.get('SLURM_JOB_ID')}, requeued")
         return submitit.helpers.DelayedSubmission(StageJob(*self.args))
 
 
@@ -274,6 +287,39 @@ class ReportJob:
         return str(path)
 
 
+def slurm_command(*args: str) -> str:
+    """A SLURM client command's output; when it fails, or SLURM is not installed, ClusterError
+    with SLURM's own message, one line."""
+    try:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise ClusterError(f"{args[0]}: not found (SLURM's client commands are not installed here)") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{args[0]}: no answer from SLURM within 60 s") from None
+    if proc.returncode:
+        raise ClusterError(f"{args[0]}: {first_line(proc.stderr or proc.stdout) or f'exit code {proc.returncode}'}")
+    return proc.stdout
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def check_cluster(profile: Profile, profile_path: str, dry_run: bool, log) -> None:
+    """Before anything is submitted: the cluster answers and has the profile's partition. A dry
+    run without a cluster to ask says so and goes on."""
+    try:
+        partitions = set(slurm_command("sinfo", "-h", "-o", "%R").split())
+    except ClusterError as e:
+        if not dry_run:
+            raise
+        log(f"(partition not checked: {e})")
+        return
+    if profile.partition and profile.partition not in partitions:
+        raise ClusterError(f"{profile_path}: partition: '{profile.partition}' is not a partition of this cluster "
+                           f"(sinfo lists: {', '.join(sorted(partitions)) or 'none'})")
+
+
 def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: str, dry_run: bool,
            log=print) -> list[Array]:
     profile = load_profile(profile_path)
@@ -282,6 +328,7 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
     arrays = plan(tasks, profile)
     log(f"study {base.study.name}: {len(tasks)} tasks, {sum(len(a.tasks) for a in arrays)} to submit "
         f"in {len(arrays)} arrays (profile {profile_path})")
+    check_cluster(profile, profile_path, dry_run, log)
     if dry_run or not arrays:
         for line in describe(arrays, profile):
             log(line)
@@ -290,46 +337,70 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
     if active:
         raise ClusterError(f"study {base.study.name}: {len(active)} tasks are still pending or running in SLURM "
                            f"(e.g. {active[0]}); see cccad status, wait or scancel them before resubmitting")
+    with locked(root, "cccad submit"):
+        job_ids = submit_arrays(arrays, profile, base.study.name, root, (str(study_file), list(overrides), str(runs_root)))
+    record = {"study": str(study_file), "overrides": list(overrides), "profile": str(profile_path),
+              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report_job": job_ids["report"],
+              "arrays": [{"name": a.name, "stage": a.stage, "job_id": job_ids[a.name],
+                          "tasks": {t.name: f"{job_ids[a.name]}_{i}" if len(a.tasks) > 1 else job_ids[a.name]
+                                    for i, t in enumerate(a.tasks)},
+                          "needs": [n.name for n in a.needs]} for a in arrays]}
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{job_ids[arrays[0].name]}"
+    atomic_write_json(root / ".submit" / f"{stamp}.json", record)
+    for line in describe(arrays, profile, job_ids):
+        log(line)
+    return arrays
+
+
+def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path, study_args: tuple) -> dict[str, str]:
+    """Submit the arrays and the report job through submitit: {array name: job id, "report": id}.
+    If sbatch refuses one, the arrays already submitted are cancelled and submitit's files of this
+    submission removed, then ClusterError with sbatch's message: all of it or nothing."""
     import submitit
 
-    record = {"study": str(study_file), "overrides": list(overrides), "profile": str(profile_path),
-              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "arrays": []}
+    folder = root / ".slurm"
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     job_ids: dict[str, str] = {}
 
-    def executor(res: Resources, name: str, dependency: str, **extra):
-        ex = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
-                                    python=profile.python())
+    def executor(res: Resources, name: str, dependency: str | None, **extra):
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=profile.python())
         layout = {"nodes": res.nodes, "ntasks_per_node": res.processes}
         if res.flexible:  # a node range, the number of processes fixed (as sbatch options: submitit
             # counts tasks as nodes x tasks per node, only for results we do not read)
             layout, extra = {}, {**extra, "nodes": f"{res.min_nodes}-{res.nodes}", "ntasks": res.nodes * res.processes}
         ex.update_parameters(
-            job_name=f"{base.study.name}:{name}", partition=profile.partition, account=profile.account,
+            job_name=f"{study}:{name}", partition=profile.partition, account=profile.account,
             qos=profile.qos, time=res.time_min, **layout,
             cpus_per_task=res.cpus_per_task, gpus_per_task=res.gpus_per_task or None, mem=f"{int(res.mem_gb * 1024)}M",
             signal_delay_s=profile.signal_delay_s, dependency=dependency,
             array_parallelism=profile.array_parallelism, additional_parameters={**profile.sbatch, **extra})
         return ex
 
-    for array in arrays:
-        ex = executor(array.resources, array.name,
-                      f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
-                      **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
-        with ex.batch():
-            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name, profile.env))
-                    for t in array.tasks]
-        job_ids[array.name] = jobs[0].job_id.split("_")[0]
-        record["arrays"].append({"name": array.name, "stage": array.stage, "job_id": job_ids[array.name],
-                                 "tasks": {t.name: j.job_id for t, j in zip(array.tasks, jobs)},
-                                 "needs": [a.name for a in array.needs]})
-    report = executor(profile.resources("report"), "report", "afterany:" + ":".join(job_ids.values())).submit(
-        ReportJob(str(study_file), overrides, str(runs_root)))
-    job_ids["report"] = record["report_job"] = report.job_id
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{job_ids[arrays[0].name]}"
-    atomic_write_text(root / ".submit" / f"{stamp}.json", json.dumps(record, indent=1))
-    for line in describe(arrays, profile, job_ids):
-        log(line)
-    return arrays
+    name = ""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint; it is said below
+            for array in arrays:
+                name = array.name
+                ex = executor(array.resources, name,
+                              f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
+                              **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
+                with ex.batch():
+                    jobs = [ex.submit(StageJob(*study_args, t.name, profile.env)) for t in array.tasks]
+                job_ids[name] = jobs[0].job_id.split("_")[0]
+            name = "report"
+            job_ids[name] = executor(profile.resources("report"), name, "afterany:" + ":".join(job_ids.values())).submit(
+                ReportJob(*study_args)).job_id
+    except BaseException as e:
+        if job_ids:
+            subprocess.run(["scancel", *job_ids.values()], capture_output=True, timeout=60)
+        for path in set(folder.iterdir()) - before if folder.is_dir() else ():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if isinstance(e, (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError)):
+            undone = f"; cancelled the {len(job_ids)} arrays submitted before it" if job_ids else ""
+            raise ClusterError(f"sbatch refused the {name} job: {first_line(str(e)) or type(e).__name__}{undone}; "
+                               "nothing was submitted") from None
+        raise
+    return job_ids
 
 
 # ----------------------------------------------------------------------------- status
@@ -379,7 +450,7 @@ def task_jobs(root: Path) -> dict[str, dict]:
 
 def status(study_file: str, overrides: list[str], runs_root: str) -> list[dict]:
     """One row per task: stage, task, state (done, running, pending, requeued, failed, blocked,
-    not submitted), job, requeues, and for failures the logs to read."""
+    not submitted), job, requeues, how its last attempt ended, and for failures the logs to read."""
     base, tasks = build_tasks(study_file, overrides, runs_root)
     root = Path(runs_root) / base.study.name
     jobs = task_jobs(root)
@@ -403,5 +474,6 @@ def status(study_file: str, overrides: list[str], runs_root: str) -> list[dict]:
         if state == "failed":
             logs = f"{t.run_dir / 'log.txt'} {root / '.slurm' / (job['job'] + '_0_log.err')}"
         rows.append({"stage": t.stage, "task": t.name, "state": state, "job": job["job"] if job else "",
-                     "slurm_state": slurm, "requeues": max(job["runs"] - 1, 0) if job else 0, "logs": logs})
+                     "slurm_state": slurm, "requeues": max(job["runs"] - 1, 0) if job else 0,
+                     "ended": last_end(t.run_dir) or "", "logs": logs})
     return rows

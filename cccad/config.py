@@ -485,6 +485,8 @@ def _read_with_sources(path: Path, seen: tuple) -> tuple[dict, dict]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle")
     try:
+        node = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+        refuse_duplicate_keys(node, path)
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -500,10 +502,35 @@ def _read_with_sources(path: Path, seen: tuple) -> tuple[dict, dict]:
     for parent in parents:
         ptree, psources = _read_with_sources(path.parent / parent, seen + (path.resolve(),))
         merge_into(tree, ptree)
-        sources.update(psources)
+        set_by(sources, psources)
     merge_into(tree, data)
-    sources.update({k: str(path) for k in flatten(data)})
+    set_by(sources, {k: str(path) for k in flatten(data)})
     return tree, sources
+
+
+def set_by(sources: dict, keys: dict) -> None:
+    """Record who set `keys` ({dotted key: source}); `sources` stays in the order the keys were
+    last set, so of two keys the later-set one is later in it."""
+    for key, source in keys.items():
+        sources.pop(key, None)
+        sources[key] = source
+
+
+def refuse_duplicate_keys(node, path: Path, prefix: str = "") -> None:
+    """YAML lets a later key silently replace an earlier one; a config may not say a key (or a
+    whole section) twice."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(f"{path}: line {key_node.start_mark.line + 1}: '{prefix}{key}' appears twice "
+                                  f"(first at line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+            refuse_duplicate_keys(value, path, f"{prefix}{key}.")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            refuse_duplicate_keys(item, path, prefix)
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
@@ -566,8 +593,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple = (),
     tree, sources = read_with_sources(path) if path else ({}, {})
     for layer, name in list(extra) + [(parse_overrides(list(overrides)), "command line")]:
         merge_into(tree, layer)
-        sources.update({k: name for k in flatten(layer)})
+        set_by(sources, {k: name for k in flatten(layer)})
     return build(tree, sources)
+
+
+def source_of(path: str | Path | None, overrides: list[str] | tuple, key: str) -> str:
+    """Where `key`'s value came from under `load_config(path, overrides)`: a file, "command line"
+    or "defaults"."""
+    _, sources = read_with_sources(path) if path else ({}, {})
+    set_by(sources, {k: "command line" for k in flatten(parse_overrides(list(overrides)))})
+    return _source(sources, key)
 
 
 def build(tree: dict, sources: dict[str, str], schema=Config):
@@ -583,16 +618,29 @@ def read_with_sources(path: Path) -> tuple[dict, dict]:
     return _read_with_sources(Path(path), seen=())
 
 
-def _source(sources: dict, key: str) -> str:
+def _setter(sources: dict, key: str) -> str | None:
+    """The entry of `sources` that set `key` (itself, a mapping above it, or the last key set
+    inside it), or None: a default."""
     key = re.sub(r"\[\d+\]", "", key)  # list items are set by whoever set the list
-    inside = [v for k, v in sources.items() if k.startswith(key + ".")]  # a mapping: who set its keys
+    inside = [k for k in sources if k.startswith(key + ".")]  # a mapping: who set its keys
     if key not in sources and inside:
         return inside[-1]
     while key:
         if key in sources:
-            return sources[key]
+            return key
         key = key.rpartition(".")[0]
-    return "defaults"
+    return None
+
+
+def _source(sources: dict, key: str) -> str:
+    setter = _setter(sources, key)
+    return sources[setter] if setter else "defaults"
+
+
+def _set_later(sources: dict, a: str, b: str) -> bool:
+    """Whether key `b` was set after key `a` (a default is set before everything)."""
+    order = {k: i for i, k in enumerate(sources)}
+    return order.get(_setter(sources, b), -1) > order.get(_setter(sources, a), -1)
 
 
 def _fail(sources, key, message):
@@ -603,7 +651,7 @@ def _build_dataclass(cls, data: Any, prefix: str, sources: dict):
     if not isinstance(data, dict):
         _fail(sources, prefix.rstrip("."), f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]  # in schema order: defaults before what uses them
     for key in data:
         if key not in names:
             dotted = f"{prefix}{key}"
@@ -672,9 +720,10 @@ def _coerce(tp, value, key, sources):
 
 def _check_all(obj, prefix: str, sources: dict):
     def err(key, message, related=None):
-        """`related`: the other key of a cross-field check, named when it is the one a file set."""
+        """`related`: the other key of a cross-field check; when it was set after `key` (the
+        command line over a file, a file over a default), it made the pair wrong: its source is named."""
         key = f"{prefix}{key}"
-        if related and _source(sources, key) == "defaults":
+        if related and _set_later(sources, key, prefix + related):
             raise ConfigError(f"{_source(sources, prefix + related)}: {key}: {message} (set by {prefix}{related})")
         _fail(sources, key, message)
 

@@ -18,7 +18,7 @@ import numpy as np
 from cccad.config import Config, dump_yaml
 from cccad.fs import atomic_write_bytes, atomic_write_text, read_json
 from cccad.plots import band_plot, bar_plot
-from cccad.runinfo import MANIFEST, git_commit, read_metrics, run_hash, unreadable_metrics
+from cccad.runinfo import LOG, MANIFEST, git_commit, last_end, read_metrics, run_hash, unreadable_metrics
 from cccad.sections import Bars, Column, Curves, RunImage, Section
 from cccad.stages import STAGES
 from cccad.study import Task, build_tasks
@@ -64,8 +64,10 @@ def gather(tasks: list[Task]) -> list[Run]:
             state = "incomplete"
         elif metrics is not None and metrics.get("config_hash") != run_hash(t.config, t.stage):
             state, why = "stale", f"its results are from another config (hash {metrics.get('config_hash')}); rerun the study"
-        elif (t.run_dir / "log.txt").exists():
-            state, why = "incomplete", f"started and did not finish; see {t.run_dir / 'log.txt'}"
+        elif (t.run_dir / LOG).exists():
+            ended = last_end(t.run_dir)
+            state, why = "incomplete", f"started and did not finish; see {t.run_dir / LOG}" + (
+                f" (its last attempt ended: {ended})" if ended else "")
         else:
             state, why = "not run", "not run yet"
         runs[t.name] = Run(t, state, why, metrics if state == "complete" else None)

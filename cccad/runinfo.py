@@ -1,16 +1,21 @@
-"""What every run records: its manifest (code version, resolved config, packages, host, job) and
-its metrics.json, stamped with the config hash that the study runner checks before skipping it."""
+"""What every run records: its manifest (code version, resolved config, packages, host, job,
+threads), its log.txt (with how each attempt ended), and its metrics.json, stamped with the config
+hash that the study runner checks before skipping it."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
+
+import torch
 
 from cccad.config import Config, config_hash
 from cccad.fs import atomic_write_json, fsync_dir, read_json
@@ -20,6 +25,7 @@ PACKAGES = ("torch", "numpy", "accelerate", "deepspeed", "submitit", "stable_bas
             "ale_py", "tensorboard", "PyYAML", "transformers")
 METRICS = "metrics.json"
 MANIFEST = "manifest.json"
+LOG = "log.txt"
 
 
 def run_folder(stage: str, env: str, seed: int, variant: str | None = None) -> str:
@@ -71,7 +77,7 @@ def write_manifest(run_dir: Path, cfg: Config, stage: str) -> None:
         "stage": stage, "code": git_commit(), "config": cfg.to_dict(), "config_hash": run_hash(cfg, stage),
         "packages": package_versions(), "python": sys.version.split()[0], "host": socket.gethostname(),
         "platform": platform.platform(), "container_image": os.environ.get("CCCAD_IMAGE"),
-        "image_build": image_build(),
+        "image_build": image_build(), "threads": torch.get_num_threads(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
@@ -95,3 +101,62 @@ def unreadable_metrics(run_dir: Path) -> str | None:
 
 def read_metrics(run_dir: Path) -> dict | None:
     return read_json(Path(run_dir) / METRICS)
+
+
+class RunLog:
+    """What `cccad run` says: printed, and appended to the run folder's log.txt unless its output
+    already goes there (under `cccad local` and on SLURM the runner sends all of it there); only
+    the main process of a run writes to the log."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        path = Path(run_dir) / LOG
+        self.file = open(path, "a") if main and not _is_stdout(path) else None
+
+    def __call__(self, *parts) -> None:
+        line = " ".join(str(p) for p in parts)
+        print(line, flush=True)
+        self.write_only(line)
+
+    def write_only(self, line: str) -> None:
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def _is_stdout(path: Path) -> bool:
+    try:
+        out, file = os.fstat(sys.stdout.fileno()), path.stat()
+    except (OSError, ValueError):
+        return False
+    return (out.st_dev, out.st_ino) == (file.st_dev, file.st_ino)
+
+
+ENDED = "cccad: task ended: "  # how a runner records the end of each attempt in the task's log
+
+
+def describe_exit(returncode: int) -> str:
+    """A process's return code in words: "exit code 1", "killed by SIGKILL"."""
+    return f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+
+
+def record_end(run_dir: Path, returncode: int, runner: str) -> str:
+    """Append to the task's log.txt how its process ended (exit code, or the signal that killed
+    it), as the runner saw it; returns that description."""
+    how = describe_exit(returncode)
+    with open(Path(run_dir) / LOG, "a") as f:
+        f.write(f"{ENDED}{how} ({runner}, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    return how
+
+
+def last_end(run_dir: Path) -> str | None:
+    """How the task's last recorded attempt ended ("exit code 1", "killed by SIGKILL"), or None."""
+    try:
+        text = (Path(run_dir) / LOG).read_text(errors="replace")
+    except OSError:
+        return None
+    ends = re.findall(rf"^{re.escape(ENDED)}(.*?) \(", text, re.M)
+    return ends[-1] if ends else None

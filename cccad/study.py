@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
-from cccad.fs import atomic_write_text
-from cccad.runinfo import read_metrics, run_folder, run_hash, unreadable_metrics
+from cccad.fs import atomic_write_text, locked, taken_over
+from cccad.runinfo import LOG, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
 from cccad.stages import STAGES
 
 
@@ -132,27 +132,55 @@ def task_command(task: Task) -> list[str]:
 def task_log(task: Task):
     """The task's log file (run folder's log.txt), opened for appending: reruns add to it."""
     task.run_dir.mkdir(parents=True, exist_ok=True)
-    return open(task.run_dir / "log.txt", "ab")
+    return open(task.run_dir / LOG, "ab")
 
 
-def run_local(tasks: list[Task], log=print) -> dict[str, str]:
-    """Run every incomplete task in order; returns {task name: done|cached|failed|blocked}."""
+class StopRequested(Exception):
+    """Ctrl-C in `cccad local`: the running task was stopped (at a checkpoint, if it trains)."""
+
+
+def run_task(task: Task, log) -> int:
+    """Run one task in its own process, its output to its log; the return code, recorded in the
+    log. Ctrl-C (which the task's process gets too, and answers by saving a checkpoint and
+    exiting) waits for it, then raises StopRequested; a second Ctrl-C kills it."""
+    with task_log(task) as logf:
+        child = subprocess.Popen(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:
+            log(f"{'[stop]':10}{task.name}: stopping at its next checkpoint (Ctrl-C again to kill it)")
+            try:
+                rc = child.wait()
+            except KeyboardInterrupt:
+                child.kill()
+                rc = child.wait()
+            how = record_end(task.run_dir, rc, "cccad local")
+            raise StopRequested(f"{task.name} stopped ({how}); run the study again to resume it") from None
+    record_end(task.run_dir, rc, "cccad local")
+    return rc
+
+
+def run_local(tasks: list[Task], root: Path, log=print) -> dict[str, str]:
+    """Run every incomplete task in order, holding the study folder's lock; returns {task name:
+    done|cached|failed|blocked}."""
     status: dict[str, str] = {}
-    for task in tasks:
-        if any(status[n.name] not in ("done", "cached") for n in task.needs):
-            status[task.name] = "blocked"
-            log(f"{'[blocked]':10}{task.name}: an upstream task failed")
-            continue
-        if task.complete():
-            status[task.name] = "cached"
-            log(f"{'[cached]':10}{task.name}")
-            continue
-        log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
-        t0 = time.perf_counter()
-        with task_log(task) as logf:
-            rc = subprocess.call(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
-        ok = rc == 0 and task.complete()
-        status[task.name] = "done" if ok else "failed"
-        log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"
-            + ("" if ok else f", see {task.run_dir / 'log.txt'}"))
+    with locked(root, "cccad local") as previous:
+        if line := taken_over(root, previous):
+            log(line)
+        for task in tasks:
+            if any(status[n.name] not in ("done", "cached") for n in task.needs):
+                status[task.name] = "blocked"
+                log(f"{'[blocked]':10}{task.name}: an upstream task failed")
+                continue
+            if task.complete():
+                status[task.name] = "cached"
+                log(f"{'[cached]':10}{task.name}")
+                continue
+            log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
+            t0 = time.perf_counter()
+            rc = run_task(task, log)
+            ok = rc == 0 and task.complete()
+            status[task.name] = "done" if ok else "failed"
+            log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"
+                + ("" if ok else f", {describe_exit(rc)}, see {task.run_dir / LOG}"))
     return status

@@ -45,8 +45,12 @@ def resume_hash(decided_by: dict) -> str:
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint; the process should exit with
-    EXIT_INTERRUPTED so that a scheduler requeues it."""
+    """Training stopped by a signal after saving a checkpoint. The process exits with `exit_code`:
+    EXIT_INTERRUPTED (a scheduler's SIGTERM or SIGUSR2: requeue it) or EXIT_CTRL_C (SIGINT)."""
+
+    def __init__(self, message: str, signum: int | None):
+        super().__init__(message)
+        self.exit_code = EXIT_CTRL_C if signum == signal.SIGINT else EXIT_INTERRUPTED
 
 
 class PeerLost(RuntimeError):
@@ -71,13 +75,19 @@ def lost_peers(world: int, timeout_s: int, rank: int):
         raise
 
 
+class Diverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite: training stops there (nothing past
+    the last checkpoint is written) instead of going on with weights that mean nothing."""
+
+
 class OtherProcessDone(Exception):
     """Raised in every process but the main one when training ends: only the main process goes
     on past training (scoring, plots, metrics); the others exit 0."""
 
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+EXIT_CTRL_C = 130  # the shell's code for a process ended by SIGINT
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -166,6 +176,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def non_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> str | None:
+    """What is NaN or infinite this step ("loss nan", "gradient norm inf"), or None."""
+    for name, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if value is not None and not math.isfinite(v := float(value.detach() if torch.is_tensor(value) else value)):
+            return f"{name} {v}"
+    return None
+
+
 def _move(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -192,6 +210,13 @@ class StepLog:
     def mean(self, t: torch.Tensor) -> float:
         """The mean over processes (each has its part of the batch)."""
         return (self.accelerator.reduce(t.detach().float(), "mean") if self.accelerator.num_processes > 1 else t).item()
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag, true if it is true in any process."""
+        if self.accelerator.num_processes == 1:
+            return list(flags)
+        summed = self.accelerator.reduce(torch.tensor([float(f) for f in flags], device=self.accelerator.device), "sum")
+        return [v > 0 for v in summed.tolist()]
 
     def step(self, done: int, model, loss, stats: dict, grad_norm, lr: float) -> dict | None:
         """Count step `done`; its row if it is logged."""
@@ -258,7 +283,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     checkpoints = TrainingCheckpoints(run_dir, resume_hash(objective.decided_by), cfg.to_dict(), tc.strategy, zero,
                                       world, rank, tc.keep_checkpoints)
-    start, history = checkpoints.resume(model, optimizer, scheduler, log)
+    start, history = checkpoints.resume(model, optimizer, scheduler, log, accelerator.wait_for_everyone)
     # the scheduler stays unwrapped: accelerate would step it once per process, changing the
     # schedule with the process count; ours follows the optimizer step count only
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -283,22 +308,27 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+            done = step + 1
+            bad = non_finite(loss, grad_norm)
+            # all processes stop at the same step, whichever caught a signal or saw a non-finite value
+            stop, diverged = steps.any(caught["signal"] is not None, bad is not None)
+            if diverged:
+                steps.close()
+                raise Diverged(f"non-finite {bad or 'loss or gradient norm in another process'} at step {done} "
+                               f"(lr {scheduler.get_last_lr()[0]:.3g}): training stopped, nothing written since the "
+                               "last checkpoint (a lower train.lr may help)")
             optimizer.step()
             scheduler.step()
             if objective.after_step:
                 objective.after_step(raw_model, step)
-            done = step + 1
             if row := steps.step(done, model, loss, stats, grad_norm, scheduler.get_last_lr()[0]):
                 history.append(row)
-            stop = caught["signal"] is not None
-            if world > 1:  # all processes stop at the same step, whichever caught the signal
-                stop = steps.mean(torch.tensor(float(stop), device=accelerator.device)) > 0
             if done < tc.steps and (done % tc.checkpoint_every == 0 or stop):
                 checkpoints.save(done, accelerator, model, optimizer, scheduler, history)
             if stop and done < tc.steps:
                 steps.close()
                 what = signal.Signals(caught["signal"]).name if caught["signal"] else "another process's signal"
-                raise Interrupted(f"{what} at step {done}: checkpoint saved in {run_dir / CKPT_DIR}")
+                raise Interrupted(f"{what} at step {done}: checkpoint saved in {run_dir / CKPT_DIR}", caught["signal"])
     samples_per_s = steps.close()
     finish_processes(accelerator, model, raw_model, zero)
     final = objective.final or (lambda m, step: {FINAL_MODEL: {"model_state_dict": m.state_dict(),

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -88,7 +90,7 @@ def check_every_file_whole(run_dir: Path) -> None:
         if path.suffix == ".pt":
             torch.load(path, weights_only=True)
         elif path.suffix == ".json":
-            json.loads(path.read_text())
+            strict_json(path)
         elif path.suffix == ".yaml":
             yaml.safe_load(path.read_text())
         elif path.suffix == ".npy":
@@ -99,6 +101,13 @@ def check_every_file_whole(run_dir: Path) -> None:
             assert zipfile.ZipFile(path).testzip() is None, path
         else:
             raise AssertionError(f"unexpected file {path}")
+
+
+def strict_json(path: Path):
+    """JSON as the standard has it: no NaN or Infinity (Python's json writes and reads them)."""
+    def refuse(constant):
+        raise AssertionError(f"{path}: {constant} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def strip_volatile(value):
@@ -169,6 +178,12 @@ def test_killed_at_random_points_then_rerun_equals_uninterrupted(studies, tmp_pa
 
 # ----------------------------------------------------------------------------- corrupt files
 
+def inflate_counts(path: Path) -> None:
+    manifest = json.loads(path.read_text())
+    manifest["counts"]["transitions"] += 1000
+    path.write_text(json.dumps(manifest))
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -188,6 +203,9 @@ CORRUPTIONS = [
      "train_jepa", "train-jepa-assault-seed0", "inputs.dataset={}/dataset", "checksum mismatch (corrupt)"),
     ("dataset manifest truncated", "dr", "collect-darkroom-seed0", "dataset/manifest.json", truncate,
      "pretrain_encoder", "pretrain-encoder-darkroom-seed0", "inputs.dataset={}/dataset", "manifest is not valid JSON"),
+    ("dataset manifest counting more than its arrays hold", "wm", "collect-assault-seed0", "dataset/manifest.json",
+     inflate_counts, "train_jepa", "train-jepa-assault-seed0", "inputs.dataset={}/dataset",
+     "counts say transitions="),
     ("final model truncated", "dr", f"train-{V}-darkroom-seed0", "model.pt", truncate,
      "evaluate", f"evaluate-{V}-darkroom-seed0", "inputs.train_run={}", "unreadable checkpoint"),
     ("pre-trained encoder, one byte flipped", "dr", "pretrain-encoder-darkroom-seed0", "encoder-pretrained-final.pt",
@@ -253,6 +271,9 @@ def bad_inputs(root: Path, studies: dict) -> list[tuple[str, list, str]]:
     bad_variant = write_yaml(root / "variant.yaml", {**DARKROOM, "study": {**DARKROOM["study"],
                                                                            "variants": {"AD": {"model.kindd": "ad"}}}})
     profile = write_yaml(root / "profile.yaml", {"defaults": {"gpu_per_task": 1}})
+    late_profile = write_yaml(root / "late.yaml", {"defaults": {"time_min": "25 hours"}, "stages": {"collect": {}}})
+    (root / "twice.yaml").write_text(f"extends: {dr}\ntrain:\n  lr: 0.1\n  steps: 10\n  lr: 0.2\n")
+    (root / "section.yaml").write_text(f"extends: {dr}\ntrain:\n  lr: 0.1\nmodel:\n  n_embd: 32\ntrain:\n  steps: 5\n")
     train_cfg = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
     eval_cfg = studies["dr"] / ".tasks" / f"evaluate-{V}-darkroom-seed0.yaml"
     collect_wm = studies["wm"] / ".tasks" / "collect-assault-seed0.yaml"
@@ -277,6 +298,16 @@ def bad_inputs(root: Path, studies: dict) -> list[tuple[str, list, str]]:
         ("missing study file", ["local", root / "nope.yaml", *runs], "nope.yaml"),
         ("file that is not YAML", ["local", root / "broken.yaml", *runs], "not valid YAML"),
         ("extends a missing file", ["local", orphan, *runs], "missing.yaml"),
+        ("a key twice in a file", ["local", root / "twice.yaml", *runs],
+         f"{root / 'twice.yaml'}: line 5: 'train.lr' appears twice (first at line 3)"),
+        ("a section twice in a file", ["local", root / "section.yaml", *runs],
+         f"{root / 'section.yaml'}: line 6: 'train' appears twice (first at line 2)"),
+        ("a command-line value that makes a file's wrong", ["local", dr, *runs, "train.steps=3"],
+         "command line: train.num_warmup_steps: must be within [0, steps=3] (set by train.steps)"),
+        ("a bad value in a profile's defaults", ["submit", dr, "--cluster", late_profile, "--dry-run", *runs],
+         f"{late_profile}: defaults.time_min: expected an integer, got '25 hours'"),
+        ("a stage of the other env family", ["run", "train_jepa", "-c", train_cfg, *out],
+         f"{train_cfg}: env.name: stage train_jepa runs for atari envs, this config's env is darkroom"),
         ("unknown cluster profile", ["submit", dr, "--cluster", root / "nope-profile.yaml", "--dry-run", *runs],
          "nope-profile.yaml"),
         ("bad key in a cluster profile", ["submit", dr, "--cluster", profile, "--dry-run", *runs],
@@ -293,7 +324,7 @@ def bad_inputs(root: Path, studies: dict) -> list[tuple[str, list, str]]:
         ("checkpoint of another model", ["run", "evaluate", "-c", eval_cfg, *out, "model.n_embd=64"],
          "trained with model.n_embd=32, this config has 64"),
         ("unknown Atari game", ["run", "collect", "-c", collect_wm, *out, "env.game=ALE/NoSuchGame-v5"],
-         "env.game: unknown ALE game 'ALE/NoSuchGame-v5'"),
+         "command line: env.game: unknown ALE game 'ALE/NoSuchGame-v5'"),
         ("frame size the encoder cannot halve", ["run", "train_jepa", "-c", collect_wm, *out, "env.frame_size=60"],
          "env.frame_size: must be divisible by 2^4"),
         ("probe without its JEPA run", ["run", "train_jepa_decoder", "-c", decoder_cfg, *out,
@@ -321,3 +352,163 @@ def test_bad_configs_and_command_lines_get_one_line_and_nothing_written(studies,
         shutil.rmtree(tmp_path / "runs", ignore_errors=True)
     print(f"bad input: {len(cases)} cases tried, {len(cases) - len(failures)} passed")
     assert len(cases) >= 20 and not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB filesystem of its own (tmpfs), and a function that fills it to `free` bytes left."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+
+    def leave_free(free: int) -> Path:
+        filler = mount / "filler"
+        filler.unlink(missing_ok=True)
+        size = shutil.disk_usage(mount).free - free
+        with open(filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+        return filler
+
+    yield mount, leave_free
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def one_line_error(proc, code: int, *words: str) -> str:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
+    return proc.stderr
+
+
+def test_disk_full_while_collecting_training_and_reporting_is_one_line_and_leaves_no_temporary(studies, small_disk):
+    mount, leave_free = small_disk
+    collect_cfg = studies["dr"] / ".tasks" / "collect-darkroom-seed0.yaml"
+    # a dataset larger than the disk: refused before its arrays are filled (they are memory-mapped,
+    # and a memory-mapped write to a full disk is a SIGBUS, not an error)
+    out = mount / "collect"
+    proc = cccad("run", "collect", "-c", collect_cfg, "--out", out, "collect.streams_per_task=400", check=False)
+    one_line_error(proc, 1, f"{out}/.dataset.tmp-", "needs", "MB free on its filesystem")
+    assert not list(out.glob(".dataset.tmp-*")) and not (out / "dataset").exists()
+    assert "MB free on its filesystem" in (out / "log.txt").read_text()  # said in the run's log too
+    cccad("run", "collect", "-c", collect_cfg, "--out", out)  # a size that fits: the rerun works
+
+    # a checkpoint that does not fit: the run stops there, its temporary removed; with room it resumes
+    train_cfg = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
+    run = mount / "train"
+    filler = leave_free(1_500_000)  # room for the run's small files, not for a checkpoint and the margin
+    proc = cccad("run", "train", "-c", train_cfg, "--out", run, check=False)
+    one_line_error(proc, 1, f"{run / 'checkpoints' / 'step-00000020.pt'}: needs", "MB free on its filesystem")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")] and not (run / "metrics.json").exists()
+    filler.unlink()
+    cccad("run", "train", "-c", train_cfg, "--out", run)
+    assert_same_outputs(studies["dr"] / f"train-{V}-darkroom-seed0", run)
+
+    # the report: one line, nothing half-written; then written whole
+    runs = mount / "runs"
+    study = runs / studies["dr"].name
+    shutil.copytree(studies["dr"], study, ignore=shutil.ignore_patterns("checkpoints", "tb", "report"))
+    filler = leave_free(500_000)
+    proc = cccad("report", studies["dr_file"], "--runs", runs, check=False)
+    one_line_error(proc, 1, f"{study / 'report'}/", "MB free on its filesystem")
+    assert not [p for p in (study / "report").iterdir() if p.name.startswith(".")]
+    filler.unlink()
+    assert "| darkroom |" in Path(cccad("report", studies["dr_file"], "--runs", runs).stdout.split("report: ")[1].strip()).read_text()
+
+
+# ----------------------------------------------------------------------------- training gone wrong, Ctrl-C, two runners
+
+def test_non_finite_training_stops_with_one_line_and_writes_no_metrics(studies, tmp_path):
+    config = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
+    proc = cccad("run", "train", "-c", config, "--out", tmp_path / "run", "train.lr=1e9", "train.grad_clip=0",
+                 check=False)
+    line = one_line_error(proc, 1, "(lr ", "training stopped")
+    assert re.search(r"cccad: error: non-finite (loss|gradient norm) (nan|inf|-inf) at step \d+ ", line), line
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "model.pt").exists()
+
+
+def start_study(file, runs, *extra) -> subprocess.Popen:
+    """`cccad local` in a process group of its own, as a terminal runs it (Ctrl-C reaches the group)."""
+    return subprocess.Popen([sys.executable, "-m", "cccad", "local", str(file), "--runs", str(runs), *extra],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for(path_glob, root: Path, timeout: float = 300):
+    deadline = time.time() + timeout
+    while not list(root.glob(path_glob)):
+        assert time.time() < deadline, f"no {path_glob} under {root}"
+        time.sleep(0.05)
+
+
+AD_STUDY = {**TINY, "study": {"name": "dr", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
+                               "variants": {"AD": {}}}}
+
+
+def test_ctrl_c_stops_the_study_at_a_checkpoint_and_a_second_runner_is_refused(studies, tmp_path):
+    """Ctrl-C in `cccad local`: one line, the training task stopped at a checkpoint, exit 130; a
+    second `cccad local` of the same study meanwhile is refused naming the first; the rerun resumes
+    to the uninterrupted result. A runner killed outright leaves its lock to the next, which says so."""
+    file = write_yaml(tmp_path / "dr.yaml", {**AD_STUDY, "train": {**TINY["train"], "steps": 400}})
+    runs = tmp_path / "runs"
+    first = start_study(file, runs)
+    train = runs / "dr" / "train-AD-darkroom-seed0"
+    wait_for("checkpoints/step-*.pt", train)
+    second = cccad("local", file, "--runs", runs, check=False)
+    one_line_error(second, 2, f"{runs / 'dr'}: in use by cccad local on {socket.gethostname()}, PID {first.pid}, since")
+    os.killpg(first.pid, signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, out + err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{train.name} stopped" in err, err
+    log = (train / "log.txt").read_text()
+    assert "cccad: interrupted: SIGINT at step" in log and "Traceback" not in log and not (train / "metrics.json").exists()
+    assert log.rstrip().splitlines()[-1].startswith("cccad: task ended: exit code 130 (cccad local")
+
+    # killed outright (SIGKILL, no chance to clean up): the next runner takes the lock over and resumes
+    killed = start_study(file, runs)
+    deadline = time.time() + 120
+    while f"PID {killed.pid}," not in (runs / "dr" / ".lock").read_text():  # it holds the study
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    proc = cccad("local", file, "--runs", runs)
+    assert f"took over the lock of cccad local on {socket.gethostname()}, PID {killed.pid}" in proc.stdout
+    log = (train / "log.txt").read_text()
+    assert "resumed from" in log
+    uninterrupted = cccad("local", file, "--runs", tmp_path / "straight")
+    assert_same_outputs(tmp_path / "straight" / "dr" / train.name, train)
+    assert "[done]" in uninterrupted.stdout
+
+
+def test_a_task_killed_by_a_signal_says_so_in_its_log_and_the_report(studies, tmp_path):
+    file = write_yaml(tmp_path / "dr.yaml", {**AD_STUDY, "train": {**TINY["train"], "steps": 400}})
+    runs = tmp_path / "runs"
+    runner = start_study(file, runs)
+    train = runs / "dr" / "train-AD-darkroom-seed0"
+    wait_for("tb", train)
+    (child,) = [p for p in psutil.Process(runner.pid).children() if str(train) in p.cmdline()]
+    child.kill()  # the task's own process, as the OOM killer would
+    out, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 1 and f"[FAILED]  {train.name}" in out and "killed by SIGKILL" in out, out
+    assert (train / "log.txt").read_text().rstrip().splitlines()[-1].startswith("cccad: task ended: killed by SIGKILL")
+    report = (runs / "dr" / "report" / "report.md").read_text()
+    assert f"- `{train.name}`: incomplete: started and did not finish; see {train / 'log.txt'} (its last attempt " \
+           "ended: killed by SIGKILL)" in report
+
+
+def test_a_run_folder_in_use_is_refused_and_cccad_run_writes_its_own_log(studies, tmp_path):
+    config = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(config), "--out", str(run),
+                              "train.steps=400"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for("tb", run)
+    second = cccad("run", "train", "-c", config, "--out", run, "train.steps=400", check=False)
+    one_line_error(second, 2, f"{run}: in use by cccad run train on {socket.gethostname()}, PID {first.pid}")
+    first.send_signal(signal.SIGTERM)  # a scheduler's stop: a checkpoint, exit 75
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 75
+    log = (run / "log.txt").read_text()  # by hand too: what it printed is in its run folder's log
+    assert out.splitlines()[0] in log and "cccad: interrupted: SIGTERM at step" in log

@@ -2,6 +2,7 @@ import json
 import re
 
 import numpy as np
+import torch
 
 from conftest import TINY, cccad, write_yaml
 
@@ -45,21 +46,23 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     again = cccad("local", study, "--runs", runs)
     assert again.stdout.count("[cached]") == 6 and "[run]" not in again.stdout
 
-    # seed 1's training breaks (its latest checkpoint is corrupt) while seed 0's evaluation is
-    # due again: seed 0 finishes, seed 1's evaluation is blocked, and the failure is named
+    # seed 1's training breaks (its latest checkpoint is another config's) while seed 0's
+    # evaluation is due again: seed 0 finishes, seed 1's evaluation is blocked, and the failure is named
     (root / "evaluate-AD-darkroom-seed0" / "metrics.json").unlink()
     train1 = root / "train-AD-darkroom-seed1"
     for name in ("metrics.json", "model.pt"):
         (train1 / name).unlink()
     latest = sorted((train1 / "checkpoints").glob("step-*.pt"))[-1]
-    latest.write_bytes(b"not a checkpoint")
+    state = torch.load(latest, weights_only=True)
+    torch.save({**state, "config_hash": "another"}, latest)
     proc = cccad("local", study, "--runs", runs, check=False)
     assert proc.returncode == 1
     assert "[done]    evaluate-AD-darkroom-seed0" in proc.stdout
     assert "[FAILED]  train-AD-darkroom-seed1" in proc.stdout
     assert "[blocked] evaluate-AD-darkroom-seed1" in proc.stdout
     assert "[cached]  collect-darkroom-seed1" in proc.stdout
-    assert f"{latest}: unreadable checkpoint" in (train1 / "log.txt").read_text()
+    assert f"{latest}: written by a different config" in (train1 / "log.txt").read_text()
+    assert (train1 / "log.txt").read_text().rstrip().splitlines()[-1].startswith("cccad: task ended: exit code 2")
     # the report averages the one complete seed, says so, and names the two runs missing
     report = report_file.read_text()
     assert f"| darkroom | AD | 1/2 | {finals[0]:.3f} |" in report

@@ -4,8 +4,10 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, TINY, cccad, start_cluster, stop_cluster, write_yaml
@@ -112,10 +114,11 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
     # two of the four variants (one plain, one waiting for pretrain_encoder): the same graph, less time
     study_file = study(tmp_path, variants={v: FULL_VARIANTS[v] for v in TWO})
     graph = {name: needs for name, needs in GRAPH.items() if not any(v in name for v in set(VARIANTS) - set(TWO))}
-    # seed 1's pretraining finds a corrupt checkpoint in its run folder and fails
+    # seed 1's pretraining finds another config's checkpoint in its run folder and fails
     corrupt = runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "checkpoints" / "step-00000010.pt"
     corrupt.parent.mkdir(parents=True)
-    corrupt.write_bytes(b"not a checkpoint")
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "scheduler_state_dict": {}, "global_step": 10,
+                "rng": {}, "config_hash": "another config"}, corrupt)
     submit(env, study_file, runs)
     (record_file,) = (runs / "tiny" / ".submit").glob("*.json")
     record = json.loads(record_file.read_text())
@@ -138,7 +141,8 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
             assert row["state"] == "done", row
     assert rows["pretrain-encoder-darkroom-seed1"]["state"] == "failed"
     assert "pretrain-encoder-darkroom-seed1/log.txt" in rows["pretrain-encoder-darkroom-seed1"]["logs"]
-    assert "unreadable checkpoint" in (runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "log.txt").read_text()
+    assert "written by a different config" in (runs / "tiny" / "pretrain-encoder-darkroom-seed1" / "log.txt").read_text()
+    assert rows["pretrain-encoder-darkroom-seed1"]["ended"] == "exit:2"  # as its SLURM job recorded in its log
     blocked = [n for n, r in rows.items() if r["state"] == "blocked"]
     assert sorted(blocked) == sorted(f"{s}-{v}-darkroom-seed1" for s in ("train", "evaluate", "probe") for v in needs_pretrain)
     report = (runs / "tiny" / "report" / "report.md").read_text()  # written by the study's last job
@@ -238,3 +242,42 @@ def test_task_past_its_time_limit_is_requeued_and_finishes(cluster, tmp_path):
     assert "cccad: interrupted: SIGUSR2 at step" in log and "resumed from" in log, log[-2000:]
     history = json.loads((tmp_path / "runs" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())["history"]
     assert [r["step"] for r in history] == [1] + list(range(20, steps + 1, 20))
+
+
+def refused(env, *args) -> str:
+    """`cccad submit ...` that must be refused: exit 2, one line, nothing recorded or left behind."""
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "submit", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.faults
+def test_slurm_refusals_are_one_line_and_leave_nothing_submitted(cluster, tmp_path):
+    env, runs = cluster, tmp_path / "runs"
+    study_file = study(tmp_path, seeds=(0,), variants={"AD": {}})
+    nowhere = write_yaml(tmp_path / "nowhere.yaml", {"extends": str(LOCAL), "partition": "nowhere"})
+    for dry in (["--dry-run"], []):  # the cluster is asked (sinfo) before anything is submitted
+        err = refused(env, study_file, "--cluster", nowhere, "--runs", runs, *dry)
+        assert f"{nowhere}: partition: 'nowhere' is not a partition of this cluster (sinfo lists: local)" in err, err
+    # the controller down, and no SLURM configuration at all: SLURM's own words, one line
+    conf = (tmp_path / "down.conf")
+    conf.write_text(re.sub(r"(?m)^SlurmctldPort=\d+", "SlurmctldPort=27899", Path(env["SLURM_CONF"]).read_text()))
+    err = refused(dict(env, SLURM_CONF=str(conf)), study_file, "--cluster", LOCAL, "--runs", runs)
+    assert "cccad: error: sinfo: " in err and "Unable to contact slurm controller" in err, err
+    err = refused(dict(env, SLURM_CONF=str(tmp_path / "no.conf")), study_file, "--cluster", LOCAL, "--runs", runs)
+    assert "cccad: error: sinfo: " in err, err
+    dry = subprocess.run([str(ROOT / ".venv" / "bin" / "cccad"), "submit", str(study_file), "--cluster", str(LOCAL),
+                          "--runs", str(runs), "--dry-run"], env=dict(env, SLURM_CONF=str(conf)), capture_output=True,
+                         text=True, timeout=300)
+    assert dry.returncode == 0 and "(partition not checked: sinfo: " in dry.stdout, dry.stdout + dry.stderr
+    # sbatch refuses an array after others went in: they are cancelled, submitit's files removed
+    greedy = write_yaml(tmp_path / "greedy.yaml", {"extends": str(LOCAL), "stages": {"evaluate": {"mem_gb": 100000}}})
+    err = refused(env, study_file, "--cluster", greedy, "--runs", runs)
+    assert re.search(r"sbatch refused the evaluate-AD job: .*; cancelled the \d+ arrays submitted before it; nothing "
+                     r"was submitted", err), err
+    assert not (runs / "tiny" / ".submit").exists() and not list((runs / "tiny" / ".slurm").iterdir())
+    queue = subprocess.run(["squeue", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout.split()
+    assert set(queue) <= {"CANCELLED", "COMPLETING"}, queue

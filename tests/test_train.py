@@ -65,12 +65,32 @@ def test_resume_refuses_checkpoint_of_another_config(tmp_path, dataset):
     assert proc.returncode == 2 and "different config" in proc.stderr and "step-00000010.pt" in proc.stderr
 
 
-def test_corrupt_checkpoint_is_refused_naming_the_file(tmp_path, dataset):
-    cfg, out, args = short_run_without_its_end(tmp_path, dataset)
-    ckpt = out / CKPT_DIR / "step-00000010.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    proc = cccad("run", "train", "-c", cfg, "--out", out, *args, check=False)
-    assert proc.returncode == 2 and "step-00000010.pt: unreadable checkpoint" in proc.stderr
+def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_resumes(tmp_path, dataset):
+    cfg, data = dataset
+    args = [f"inputs.dataset={data}", "collect.episodes=60", "collect.streams_per_task=4", "train.steps=30",
+            "train.checkpoint_every=10"]
+    cccad("run", "train", "-c", cfg, "--out", tmp_path / "straight", *args)
+    out = tmp_path / "run"
+    cccad("run", "train", "-c", cfg, "--out", out, *args)
+    for name in (FINAL_MODEL, "metrics.json"):  # as if it had died after its step-20 checkpoint
+        (out / name).unlink()
+    latest = out / CKPT_DIR / "step-00000020.pt"
+    damaged = latest.read_bytes()[:1000]
+    latest.write_bytes(damaged)
+    proc = cccad("run", "train", "-c", cfg, "--out", out, *args)
+    assert f"skipped damaged checkpoint {latest} (" in proc.stdout and "unreadable checkpoint" in proc.stdout
+    assert f"resumed from {out / CKPT_DIR / 'step-00000010.pt'} at step 10" in proc.stdout
+    assert latest.with_name("step-00000020.pt.damaged").read_bytes() == damaged  # kept, not deleted
+    a, b = weights(tmp_path / "straight"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # every checkpoint damaged: set aside, and the run starts over
+    (out / FINAL_MODEL).unlink()
+    for ckpt in (out / CKPT_DIR).glob("step-*.pt"):
+        ckpt.write_bytes(b"not a checkpoint")
+    proc = cccad("run", "train", "-c", cfg, "--out", out, *args)
+    assert proc.stdout.count("skipped damaged checkpoint") == 2 and "resumed from" not in proc.stdout
+    again = weights(out)
+    assert all(torch.equal(a[k], again[k]) for k in a)
 
 
 def test_evaluate_refuses_a_model_of_another_config(tmp_path, dataset):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cccad.config import ATARI_KEYS, DARKROOM_KEYS, Config, ConfigError, config_hash
-from cccad.data.store import Dataset, open_dataset
+from cccad.data.store import Dataset, DatasetError, open_dataset
 
 KIND = {"darkroom": "learning_histories", "atari": "atari_transitions"}  # per env family
 
@@ -19,10 +19,22 @@ def dataset_config(cfg: Config) -> dict:
 
 
 def open_collected(path: str | Path, cfg: Config, verify: bool = True) -> Dataset:
-    """The dataset a collect run made for this config (learning histories or Atari transitions)."""
+    """The dataset a collect run made for this config (learning histories or Atari transitions),
+    its manifest's counts checked against its arrays."""
     expect = dataset_config(cfg)
-    return open_dataset(path, kind=KIND[cfg.env.family], expect_config=expect, expect_hash=config_hash(expect),
-                        verify=verify)
+    ds = open_dataset(path, kind=KIND[cfg.env.family], expect_config=expect, expect_hash=config_hash(expect),
+                      verify=verify)
+    actions = ds["actions"]
+    held = {"transitions": actions.size}
+    if cfg.env.family == "atari":
+        held.update(episodes=len(ds["episode_length"]), frames=len(ds["frames"]))
+    else:
+        held.update(n_streams=actions.shape[0])
+    for key, n in held.items():
+        if key in ds.manifest["counts"] and ds.manifest["counts"][key] != n:
+            raise DatasetError(f"{Path(path) / 'manifest.json'}: counts say {key}={ds.manifest['counts'][key]}, "
+                               f"the arrays hold {n} (corrupt)")
+    return ds
 
 
 def require_dataset(cfg: Config) -> None:

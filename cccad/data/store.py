@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cccad.fs import atomic_write_text, fsync_dir
+from cccad.fs import atomic_write_json, fsync_dir, no_space, require_space
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -65,7 +65,15 @@ class DatasetWriter:
         self.growing: dict[str, dict] = {}
 
     def create(self, name: str, shape: tuple, dtype) -> np.memmap:
-        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=tuple(shape))
+        file = self.tmp / f"{name}.npy"
+        require_space(file, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        arr = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=tuple(shape))
+        # reserve the blocks now: a memory-mapped write to a full filesystem is a SIGBUS, not an error
+        with open(file, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, file.stat().st_size)
+            except OSError as e:
+                raise no_space(file, e) or e from None
         self.arrays[name] = arr
         return arr
 
@@ -83,13 +91,17 @@ class DatasetWriter:
         if values.dtype != grow["dtype"] or values.shape[1:] != grow["row"]:
             raise ValueError(f"{name}: appending {values.dtype} rows of {values.shape[1:]} to "
                              f"{grow['dtype']} rows of {grow['row']}")
-        grow["file"].write(values.tobytes())
+        try:
+            grow["file"].write(values.tobytes())
+        except OSError as e:
+            raise no_space(Path(grow["file"].name), e) or e from None
         grow["rows"] += len(values)
 
     def _finish_growing(self, name: str):
         grow = self.growing.pop(name)
         grow["file"].close()
         raw = self.tmp / f"{name}.raw"
+        require_space(self.tmp / f"{name}.npy", raw.stat().st_size)  # (a copy of the raw file, removed after)
         with open(self.tmp / f"{name}.npy", "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(grow["dtype"]),
                                                      "fortran_order": False, "shape": (grow["rows"], *grow["row"])})
@@ -114,7 +126,7 @@ class DatasetWriter:
         manifest = {"format_version": FORMAT_VERSION, "kind": self.kind, "config_hash": self.config_hash,
                     "config": self.config, "counts": counts, "arrays": entries, "meta": meta or {},
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_text(self.tmp / MANIFEST, json.dumps(manifest, indent=1))
+        atomic_write_json(self.tmp / MANIFEST, manifest)
         if (self.path / MANIFEST).exists():  # another writer finished first: keep its dataset
             self.abort()
             raise DatasetError(f"{self.path}: a dataset appeared here while writing; kept it, dropped this copy")

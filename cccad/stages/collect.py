@@ -72,7 +72,7 @@ def load_or_collect(cfg: Config, run_dir: Path, collect, log) -> dict:
     writer = DatasetWriter(path, KIND[cfg.env.family], expect, config_hash(expect))
     try:
         stats = collect(writer)
-        writer.commit(counts={k: stats[k] for k in ("transitions", "episodes", "n_streams") if k in stats}, meta=stats)
+        writer.commit(counts={k: stats[k] for k in ("transitions", "episodes", "frames", "n_streams") if k in stats}, meta=stats)
     except BaseException:
         writer.abort()
         raise
