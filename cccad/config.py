@@ -147,6 +147,9 @@ class ModelConfig:
     chunk_len: int = 40
     max_compression_depth: int = 3
     encoder_n_layer: int = 2
+    # the encoder's blocks: "self" (self-attention over [queries, previous latents, chunk]) or
+    # "cross" (the queries alone attend to [previous latents, chunk]: cheaper)
+    encoder: Literal["self", "cross"] = "self"
 
     def check(self, err):
         for key in ("context_len", "n_embd", "n_layer", "n_head", "recent_len", "n_latent", "chunk_len",

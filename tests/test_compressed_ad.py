@@ -94,6 +94,18 @@ def test_pretraining_loss_falls_and_correlation_rises(pretrained):
     assert {"pretrain/loss", "pretrain/correlation", "lr"} <= set(tags)
 
 
+def test_cross_attention_encoder_pretrains_too_and_is_not_loaded_into_a_self_attention_model(pretrained, tmp_path):
+    cfg, data, _ = pretrained
+    out = tmp_path / "cross"
+    cccad("run", "pretrain_encoder", "-c", cfg, "--out", out, f"inputs.dataset={data}", "model.encoder=cross")
+    m = json.loads((out / "metrics.json").read_text())
+    first, last = m["history"][0], m["history"][-1]
+    assert last["loss"] < 0.6 * first["loss"] and last["correlation"] > 0.5, (first, last)
+    proc = cccad("run", "train", "-c", cfg, "--out", tmp_path / "t", f"inputs.dataset={data}",
+                 f"inputs.pretrained_encoder_path={out / PRETRAINED_FILE}", check=False)
+    assert proc.returncode == 2 and "trained with model.encoder='cross', this config has 'self'" in proc.stderr
+
+
 def test_curriculum_draws_only_the_allowed_depths_of_each_phase(pretrained):
     m = json.loads((pretrained[2] / "metrics.json").read_text())
     drawn = m["samples_per_depth_drawn_this_process"]

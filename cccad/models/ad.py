@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cccad.config import ModelConfig
+from cccad.models.attention import attention
 
 
 def token_features(states, actions, rewards, next_states, query, n_actions: int, scale: float,
@@ -67,9 +68,14 @@ class SelfAttention(nn.Module):
             cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
             cache["n"] = n + T
             k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, causal, self.dropout, self.training)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def mlp(cfg: ModelConfig) -> nn.Sequential:
+    """A block's feed-forward part."""
+    return nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd),
+                         nn.Dropout(cfg.dropout))
 
 
 class Block(nn.Module):
@@ -77,8 +83,7 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
         self.attn = SelfAttention(cfg, causal)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
-                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+        self.mlp = mlp(cfg)
 
     def forward(self, x, cache: dict | None = None):
         x = x + self.attn(self.ln1(x), cache)

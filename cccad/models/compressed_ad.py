@@ -16,27 +16,67 @@ import torch
 import torch.nn as nn
 
 from cccad.config import ModelConfig, PretrainConfig
-from cccad.models.ad import ADTransformer, Block, init_weights, n_token_features
+from cccad.models.ad import ADTransformer, Block, init_weights, mlp, n_token_features
+from cccad.models.attention import attention
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of `x` (queries) to `context` (keys and values), no mask."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.q, self.kv = nn.Linear(cfg.n_embd, cfg.n_embd), nn.Linear(cfg.n_embd, 2 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x, context):
+        (B, M, C), N, h = x.shape, context.shape[1], self.n_head
+        q = self.q(x).view(B, M, h, C // h).transpose(1, 2)
+        k, v = self.kv(context).view(B, N, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, False, self.dropout, self.training)
+        return self.proj(y.transpose(1, 2).reshape(B, M, C))
+
+
+class CrossBlock(nn.Module):
+    """A block of the cross-attention encoder: the latents attend to a fixed context, then an MLP."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_q, self.ln_context, self.ln2 = (nn.LayerNorm(cfg.n_embd) for _ in range(3))
+        self.attn = CrossAttention(cfg)
+        self.mlp = mlp(cfg)
+
+    def forward(self, x, context):
+        x = x + self.attn(self.ln_q(x), self.ln_context(context))
+        return x + self.mlp(self.ln2(x))
 
 
 class LatentEncoder(nn.Module):
-    """[previous latents (optional), chunk embeddings] -> n_latent latents."""
+    """[previous latents (optional), chunk embeddings] -> n_latent latents, read by learned
+    queries: `model.encoder` "self" runs self-attention blocks over [queries, previous, chunk]
+    (every token updated in every layer); "cross" runs blocks in which only the queries attend
+    to the fixed [previous, chunk] (a fifth of the tokens through the layers at the usual sizes)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(cfg.n_latent, cfg.n_embd) * 0.02)
         self.chunk_pos = nn.Parameter(torch.randn(cfg.chunk_len, cfg.n_embd) * 0.02)
         self.latent_type = nn.Parameter(torch.zeros(cfg.n_embd))  # marks the previous latents
-        self.blocks = nn.ModuleList(Block(cfg, causal=False) for _ in range(cfg.encoder_n_layer))
+        self.cross = cfg.encoder == "cross"
+        self.blocks = nn.ModuleList(CrossBlock(cfg) if self.cross else Block(cfg, causal=False)
+                                    for _ in range(cfg.encoder_n_layer))
         self.ln = nn.LayerNorm(cfg.n_embd)
 
     def forward(self, chunk: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
         B, m = chunk.shape[0], self.queries.shape[0]
-        parts = [self.queries.expand(B, -1, -1)]
-        if previous is not None:
-            parts.append(previous + self.latent_type)
-        parts.append(chunk + self.chunk_pos[:chunk.shape[1]])
-        x = torch.cat(parts, 1)
+        context = [] if previous is None else [previous + self.latent_type]
+        context = torch.cat(context + [chunk + self.chunk_pos[:chunk.shape[1]]], 1)
+        x = self.queries.expand(B, -1, -1)
+        if self.cross:
+            for block in self.blocks:
+                x = block(x, context)
+            return self.ln(x)
+        x = torch.cat([x, context], 1)
         for block in self.blocks:
             x = block(x)
         return self.ln(x[:, :m])

@@ -12,13 +12,13 @@ from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.ad import ADTransformer
 from cccad.models.compressed_ad import CompressedAD
 
-COMPRESSION_KEYS = ("recent_len", "n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer")
+COMPRESSION_KEYS = ("recent_len", "n_latent", "chunk_len", "max_compression_depth", "encoder_n_layer", "encoder")
 # the pre-trained encoder file: exactly the keys of the CompressedAD encoder pre-training guide
 PRETRAINED_FILE = "encoder-pretrained-final.pt"
 PRETRAINED_KEYS = ("encoder_state_dict", "embed_context_state_dict", "embed_ln_state_dict", "global_step", "config")
 PRETRAINED_PARTS = ("encoder", "embed_context", "embed_ln")
 # config the pre-trained encoder must share with this model beyond what tensor shapes show
-ENCODER_CONFIG = ("env.name", "env.size", "model.n_head", "model.chunk_len")
+ENCODER_CONFIG = ("env.name", "env.size", "model.n_head", "model.chunk_len", "model.encoder")
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
