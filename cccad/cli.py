@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cccad.cluster import ClusterError
 from cccad.config import ConfigError, dump_yaml, load_config
+from cccad.container import check_args
 from cccad.data.store import DatasetError
 from cccad.fs import atomic_write_text
 from cccad.report import write_report
@@ -48,6 +49,8 @@ def cmd_local(args) -> int:
     root = Path(args.runs) / base.study.name
     print(f"study {base.study.name}: {len(tasks)} tasks under {root}")
     status = run_local(tasks, log=functools.partial(print, flush=True))
+    if "interrupted" in status.values():  # the stage checkpointed: a rerun resumes it
+        return EXIT_INTERRUPTED
     failed = [n for n, s in status.items() if s in ("failed", "blocked")]
     for task in tasks:
         metrics = read_metrics(task.run_dir) if task.stage != "collect" else None
@@ -159,6 +162,7 @@ def main(argv=None) -> int:
     if rest:
         args.overrides = args.overrides + rest
     try:
+        check_args(args)  # inside a container image: outputs only to a folder bound from the host
         code = args.func(args)
     except USER_ERRORS as e:
         print(f"cccad: error: {e}", file=sys.stderr)

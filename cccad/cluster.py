@@ -23,16 +23,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cccad.config import build, merge_into, read_with_sources
+from cccad.container import Container
 from cccad.fs import atomic_write_text
 from cccad.stages import STAGES
 from cccad.study import Task, build_tasks, task_command, task_log
@@ -88,7 +88,8 @@ class Profile:
     array_parallelism: int = 16  # %N: tasks of one array running at once
     max_requeues: int = 3  # time-outs a task may be requeued after (preemptions always requeue)
     signal_delay_s: int = 120  # USR2 this long before the time limit: time to save a checkpoint
-    container_image: str | None = None  # run jobs inside it (apptainer exec --nv)
+    container_image: str | None = None  # run each task's stage inside this image (README, Containers)
+    container_runtime: Literal["apptainer", "podman"] = "apptainer"  # apptainer: a SIF; podman: a local image
     env: dict[str, str] = field(default_factory=dict)  # set in every job, e.g. {GLOO_SOCKET_IFNAME: eth0}
     sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
     defaults: Resources = field(default_factory=Resources)
@@ -122,12 +123,8 @@ class Profile:
     def resources(self, stage: str) -> Resources:
         return self.stages.get(stage, self.defaults)
 
-    def python(self) -> str:
-        """How jobs start Python: the submitting interpreter, or the image's."""
-        if self.container_image:
-            image = shlex.quote(self.container_image)
-            return f"apptainer exec --nv --env CCCAD_IMAGE={image} {image} python"
-        return shlex.quote(sys.executable)
+    def container(self) -> Container | None:
+        return Container(self.container_runtime, self.container_image) if self.container_image else None
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -212,11 +209,11 @@ class StageJob:
     study's tasks, so the task's config is resolved and checked where it runs."""
 
     def __init__(self, study_file: str, overrides: list[str], runs_root: str, task_name: str,
-                 env: dict[str, str] | None = None):
-        self.args = (study_file, list(overrides), runs_root, task_name, dict(env or {}))
+                 env: dict[str, str] | None = None, container: Container | None = None):
+        self.args = (study_file, list(overrides), runs_root, task_name, dict(env or {}), container)
 
     def task(self) -> Task:
-        study_file, overrides, runs_root, name, _ = self.args
+        study_file, overrides, runs_root, name, _, _ = self.args
         _, tasks = build_tasks(study_file, overrides, runs_root)
         return next(t for t in tasks if t.name == name)
 
@@ -237,8 +234,11 @@ class StageJob:
         rank = env.global_rank
         task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
+        command, env = task_command(task), None
+        if container := self.args[5]:  # the stage runs in the image, on the runs folder bound in
+            command, env = container.wrap(command, Path(self.args[2]), f"{task.run_dir.resolve()}:{rank}", self.args[4])
         with log:
-            self._child = subprocess.Popen(task_command(task), stdout=log, stderr=subprocess.STDOUT)
+            self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
                 time.sleep(0.5)
         if rc != 0 or (rank == 0 and not task.complete()):
@@ -278,6 +278,9 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
            log=print) -> list[Array]:
     profile = load_profile(profile_path)
     base, tasks = build_tasks(study_file, overrides, runs_root)
+    container = profile.container()
+    if container and not dry_run and (problem := container.problem()):
+        raise ClusterError(f"{profile_path}: container_image: {problem}")
     root = Path(runs_root) / base.study.name
     arrays = plan(tasks, profile)
     log(f"study {base.study.name}: {len(tasks)} tasks, {sum(len(a.tasks) for a in arrays)} to submit "
@@ -297,8 +300,7 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
     job_ids: dict[str, str] = {}
 
     def executor(res: Resources, name: str, dependency: str, **extra):
-        ex = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues,
-                                    python=profile.python())
+        ex = submitit.SlurmExecutor(folder=root / ".slurm", max_num_timeout=profile.max_requeues)
         layout = {"nodes": res.nodes, "ntasks_per_node": res.processes}
         if res.flexible:  # a node range, the number of processes fixed (as sbatch options: submitit
             # counts tasks as nodes x tasks per node, only for results we do not read)
@@ -316,7 +318,7 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
                       f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
                       **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
         with ex.batch():
-            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name, profile.env))
+            jobs = [ex.submit(StageJob(str(study_file), overrides, str(runs_root), t.name, profile.env, container))
                     for t in array.tasks]
         job_ids[array.name] = jobs[0].job_id.split("_")[0]
         record["arrays"].append({"name": array.name, "stage": array.stage, "job_id": job_ids[array.name],

@@ -10,6 +10,7 @@ failed task only stops the tasks that need it.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read
 from cccad.fs import atomic_write_text
 from cccad.runinfo import read_metrics, run_hash, unreadable_metrics
 from cccad.stages import STAGES
+from cccad.trainer import EXIT_INTERRUPTED
 
 
 @dataclass
@@ -127,11 +129,13 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
 
 def task_command(task: Task) -> list[str]:
     """The command that runs `task` (`cccad run` on its resolved config, which is written to
-    runs/<study>/.tasks/), as `cccad local` and cluster jobs both run it."""
+    runs/<study>/.tasks/), as `cccad local` and cluster jobs both run it. Absolute paths: a
+    container runs it elsewhere, with the runs folder bound at the same path."""
     task.run_dir.mkdir(parents=True, exist_ok=True)
     config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
     atomic_write_text(config_file, dump_yaml(task.config))
-    return [sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file), "--out", str(task.run_dir)]
+    return [sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file.resolve()),
+            "--out", str(task.run_dir.resolve())]
 
 
 def task_log(task: Task):
@@ -141,23 +145,46 @@ def task_log(task: Task):
 
 
 def run_local(tasks: list[Task], log=print) -> dict[str, str]:
-    """Run every incomplete task in order; returns {task name: done|cached|failed|blocked}."""
+    """Run every incomplete task in order; returns {task name: done|cached|failed|blocked|
+    interrupted}. SIGTERM or SIGUSR2 (podman stop, a scheduler) is passed on to the running
+    stage, which checkpoints and exits; no task starts after it."""
     status: dict[str, str] = {}
-    for task in tasks:
-        if any(status[n.name] not in ("done", "cached") for n in task.needs):
-            status[task.name] = "blocked"
-            log(f"{'[blocked]':10}{task.name}: an upstream task failed")
-            continue
-        if task.complete():
-            status[task.name] = "cached"
-            log(f"{'[cached]':10}{task.name}")
-            continue
-        log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
-        t0 = time.perf_counter()
-        with task_log(task) as logf:
-            rc = subprocess.call(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
-        ok = rc == 0 and task.complete()
-        status[task.name] = "done" if ok else "failed"
-        log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"
-            + ("" if ok else f", see {task.run_dir / 'log.txt'}"))
+    running: list[subprocess.Popen] = []
+    caught: list[int] = []
+
+    def forward(signum, frame):
+        caught.append(signum)
+        for child in running:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        for task in tasks:
+            if caught:
+                break
+            if any(status[n.name] not in ("done", "cached") for n in task.needs):
+                status[task.name] = "blocked"
+                log(f"{'[blocked]':10}{task.name}: an upstream task failed")
+                continue
+            if task.complete():
+                status[task.name] = "cached"
+                log(f"{'[cached]':10}{task.name}")
+                continue
+            log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
+            t0 = time.perf_counter()
+            with task_log(task) as logf:
+                running.append(subprocess.Popen(task_command(task), stdout=logf, stderr=subprocess.STDOUT))
+                rc = running[0].wait()
+                running.clear()
+            ok = rc == 0 and task.complete()
+            status[task.name] = "done" if ok else "interrupted" if rc == EXIT_INTERRUPTED else "failed"
+            if status[task.name] == "interrupted":
+                log(f"{'[stopped]':10}{task.name}: {signal.Signals(caught[0]).name if caught else 'signalled'}, "
+                    f"checkpointed; run the study again to resume")
+            else:
+                log(f"{'[done]' if ok else '[FAILED]':10}{task.name} ({time.perf_counter() - t0:.0f}s)"
+                    + ("" if ok else f", see {task.run_dir / 'log.txt'}"))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return status
