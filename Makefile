@@ -77,3 +77,17 @@ lock:
 	test -x $(UV) || { $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet uv==0.13.8; }
 	$(UV_COMPILE) requirements-image-build.in -o requirements-image-build.txt
 	$(UV_COMPILE) requirements-image.in -o requirements-image.txt
+
+# The SIF (apptainer.def), and the smoke study run by apptainer exec with runs/ bound. APPTAINER:
+# the command (here, where Debian 12 has no apptainer: APPTAINER=containers/apptainer.sh);
+# SIF_FLAGS, e.g. --build-arg BOOTSTRAP=oci-archive --build-arg BASE_IMAGE=bookworm.tar
+APPTAINER ?= apptainer
+SIF ?= cccad.sif
+SIF_FLAGS ?=
+sif:
+	$(APPTAINER) build $(SIF_FLAGS) --build-arg GIT_COMMIT=$(GIT_COMMIT) --build-arg GIT_DIRTY=$(GIT_DIRTY) \
+		--build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) $(SIF) apptainer.def
+
+sif-smoke:
+	mkdir -p runs
+	$(APPTAINER) exec --cleanenv --bind $(CURDIR)/runs $(SIF) cccad local /opt/cccad/configs/studies/smoke.yaml --runs $(CURDIR)/runs
