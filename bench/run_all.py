@@ -9,7 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["collect_throughput.py", "train_throughput.py", "incontext_latency.py", "atari_collect_throughput.py",
-           "worldmodel_train_throughput.py", "distributed_strategies.py", "submit_study.py"]
+           "worldmodel_train_throughput.py", "distributed_strategies.py", "submit_study.py", "container.py"]
 
 
 def main():

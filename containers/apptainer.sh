@@ -17,7 +17,9 @@ if ! podman image exists localhost/apptainer:sid; then
 fi
 ca=()
 [ -f /etc/ssl/certs/ca-certificates.crt ] && ca=(-v /etc/ssl/certs/ca-certificates.crt:/host-ca/ca-certificates.crt:ro)
-# --fakeroot builds need subordinate ids for root inside
+# root here lacks a capability apptainer asks for when it runs an image as root: run it
+# unprivileged (--no-privs). --fakeroot builds need subordinate ids for root inside.
+case "${1:-}" in exec|run|shell) set -- "$1" --no-privs "${@:2}" ;; esac
 exec podman run --rm --privileged --network=host -v "$PWD:$PWD" -w "$PWD" -v "$dir:$dir" "${ca[@]}" \
   --env 'APPTAINER*' -e APPTAINER_TMPDIR="$dir/tmp" localhost/apptainer:sid \
   sh -c 'grep -q "^root:" /etc/subuid || { echo root:100000:65536 >>/etc/subuid; echo root:100000:65536 >>/etc/subgid; }
