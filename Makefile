@@ -90,4 +90,4 @@ sif:
 
 sif-smoke:
 	mkdir -p runs
-	$(APPTAINER) exec --cleanenv --bind $(CURDIR)/runs $(SIF) cccad local /opt/cccad/configs/studies/smoke.yaml --runs $(CURDIR)/runs
+	$(APPTAINER) exec --cleanenv --env CCCAD_IMAGE=$(SIF) --bind $(CURDIR)/runs $(SIF) cccad local /opt/cccad/configs/studies/smoke.yaml --runs $(CURDIR)/runs

@@ -219,7 +219,7 @@ def test_study_submitted_with_a_podman_profile_runs_its_stages_in_the_image_and_
     cccad("local", study, "--runs", tmp_path / "plain")  # outside the image
     profile = write_yaml(tmp_path / "podman.yaml", {"extends": str(ROOT / "slurm" / "profiles" / "local.yaml"),
                                                     "container_image": IMAGE, "container_runtime": "podman"})
-    env = start_cluster(tmp_path / "slurm", 28817)  # its jobs see podman's settings through submit's environment
+    env = start_cluster(tmp_path / "slurm", 25817)  # its jobs see podman's settings through submit's environment
     env.update({k: podman[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF")})
     try:
         runs = tmp_path / "runs"
