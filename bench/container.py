@@ -28,7 +28,7 @@ def timed(cmd, env, **kw) -> float:
 
 def main():
     setup = subprocess.run(["bash", ROOT / "containers" / "setup.sh"], capture_output=True, text=True, check=True)
-    env = dict(os.environ, **dict(kv.split("=", 1) for kv in setup.stdout.split()[1:]))
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in setup.stdout.strip().splitlines()[-1].split()[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "pip.conf").write_text("[global]\ncert = /etc/host-ca.crt\n")

@@ -30,6 +30,13 @@ def pins(path: Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- recipes and profiles
 
+def test_make_install_keeps_its_own_exact_pins():
+    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][A-Za-z0-9.+\-]*", p) for p in lines), \
+        [p for p in lines if "==" not in p]
+    assert "pip install --quiet -r requirements.txt" in (ROOT / "Makefile").read_text()
+
+
 def test_lock_holds_the_pins_of_make_install_and_the_cuda_closure_hashed():
     lock, local = pins(ROOT / "requirements-image.txt"), pins(ROOT / "requirements.txt")
     assert {name: lock.get(name) for name in local} == local  # the same versions as make install
@@ -85,7 +92,7 @@ def podman(tmp_path_factory) -> dict:
     with FileLock(shared / "image.lock"):
         setup = subprocess.run(["bash", ROOT / "containers" / "setup.sh"], capture_output=True, text=True, timeout=1200)
         assert setup.returncode == 0, setup.stderr
-        env = dict(os.environ, **dict(kv.split("=", 1) for kv in setup.stdout.split()[1:]))
+        env = dict(os.environ, **dict(kv.split("=", 1) for kv in setup.stdout.strip().splitlines()[-1].split()[1:]))
         note = shared / "image.json"
         if not note.is_file():
             (shared / "pip.conf").write_text("[global]\ncert = /etc/host-ca.crt\n")
