@@ -13,7 +13,8 @@ without work are skipped, and a task that finds its outputs complete exits at on
 submission is recorded in runs/<study>/.submit/<time>.json (arrays and each task's job id); `status`
 reads those records, SLURM (`squeue`, `sacct`) and the run folders.
 
-A task runs `cccad run` in a child process (as `cccad local` does). On SLURM's preemption or
+A task runs `cccad run` in a child process (as `cccad local` does), inside the profile's
+container image if it names one (cccad/container.py). On SLURM's preemption or
 time-limit signal (USR2, `signal_delay_s` before the limit) submitit calls `StageJob.checkpoint`:
 the child, signalled too, saves a checkpoint at its step boundary and exits, and the task is
 requeued with the same callable; the rerun resumes from that checkpoint.
@@ -233,11 +234,12 @@ class StageJob:
         rank = env.global_rank
         task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
-        command, env = task_command(task), None
+        command, child_env = task_command(task), None
         if container := self.args[5]:  # the stage runs in the image, on the runs folder bound in
-            command, env = container.wrap(command, Path(self.args[2]), f"{task.run_dir.resolve()}:{rank}", self.args[4])
+            command, child_env = container.wrap(command, Path(self.args[2]), f"{task.run_dir.resolve()}:{rank}",
+                                                self.args[4])
         with log:
-            self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
                 time.sleep(0.5)
         if rc != 0 or (rank == 0 and not task.complete()):

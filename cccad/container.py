@@ -21,7 +21,6 @@ from pathlib import Path
 from cccad.config import ConfigError
 from cccad.runinfo import IMAGE_BUILD, image_build
 
-RUNTIMES = ("apptainer", "podman")
 # what a stage needs of its job's environment (beside the profile's env): SLURM's variables
 # (the manifest's job id), torch.distributed's rendezvous, threads and GPUs
 PASSED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -31,7 +30,7 @@ PASSED_PREFIXES = ("SLURM_",)
 
 @dataclass(frozen=True)
 class Container:
-    runtime: str  # one of RUNTIMES
+    runtime: str  # apptainer or podman (Profile.container_runtime)
     image: str  # apptainer: a SIF file; podman: an image in the node's local storage
 
     def problem(self) -> str | None:
