@@ -235,9 +235,11 @@ class StageJob:
         task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
         command, child_env = task_command(task), None
+        self._ident = f"{task.run_dir.resolve()}:{rank}"
         if container := self.args[5]:  # the stage runs in the image, on the runs folder bound in
-            command, child_env = container.wrap(command, Path(self.args[2]), f"{task.run_dir.resolve()}:{rank}",
-                                                self.args[4])
+            command, child_env = container.wrap(command, Path(self.args[2]), self._ident, self.args[4])
+            # SLURM signals this job's processes, and a podman container is none of them
+            signal.signal(signal.SIGTERM, self._pass_on)
         with log:
             self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
@@ -247,6 +249,14 @@ class StageJob:
         print(f"{task.name}: done", flush=True)
         return "done"
 
+    def _pass_on(self, signum, frame=None):
+        """Signal the stage (through its container, if any)."""
+        if self._child.poll() is None:
+            if container := self.args[5]:
+                container.signal(self._child, self._ident, signum)
+            else:
+                self._child.send_signal(signum)
+
     def checkpoint(self, *args, **kwargs):
         """Submitit calls this on USR2 (preemption, time limit) before requeueing: let the stage
         save a checkpoint and exit, then requeue this same task."""
@@ -254,7 +264,7 @@ class StageJob:
 
         child = getattr(self, "_child", None)
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGUSR2)
+            self._pass_on(signal.SIGUSR2)
             deadline = time.time() + 60
             while child.poll() is None and time.time() < deadline:
                 time.sleep(0.2)

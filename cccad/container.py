@@ -59,11 +59,25 @@ class Container:
             env.update({f"APPTAINERENV_{n}": env[n] for n in passed})
             return ["apptainer", "exec", "--nv", "--cleanenv", "--bind", root, self.image, "cccad", *argv[3:]], env
         # podman: the image's entry point is `tini -- cccad`; --env NAME takes the value from env.
-        # A fixed name per run folder and rank, --replace: a rerun removes a container its killed
-        # predecessor left running (podman's client can die without its container)
-        name = f"cccad-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(ident).name)[:40]}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
-        return ["podman", "run", "--rm", "--replace", "--name", name, "--network=host", "--ipc=host",
+        # --replace: a rerun removes a container its killed predecessor left running (podman's
+        # client can die without its container)
+        return ["podman", "run", "--rm", "--replace", "--name", self.name(ident), "--network=host", "--ipc=host",
                 "--volume", f"{root}:{root}", *(f"--env={n}" for n in passed), self.image, *argv[3:]], env
+
+    @staticmethod
+    def name(ident: str) -> str:
+        """A podman container's name: fixed per run folder and rank."""
+        return f"cccad-{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(ident).name)[:40]}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
+
+    def signal(self, client: subprocess.Popen, ident: str, signum: int) -> None:
+        """Signal the stage that `client` (wrap's command) runs. apptainer passes signals on;
+        podman's client does too, but through a `runc kill` that SLURM's own signals can kill on the
+        way (seen: a requeue's SIGCONT and SIGTERM, the container never signalled), so podman is
+        asked directly."""
+        if self.runtime == "podman":
+            subprocess.run(["podman", "kill", "--signal", str(int(signum)), self.name(ident)], capture_output=True, timeout=60)
+        else:
+            client.send_signal(signum)
 
 
 # ----------------------------------------------------------------------------- inside the image

@@ -78,30 +78,27 @@ def test_stage_commands_in_each_runtime_bind_the_runs_and_pass_the_job_environme
     cmd, env = Container("podman", IMAGE).wrap(argv, tmp_path, f"{tmp_path}/r:0")
     assert cmd[:3] == ["podman", "run", "--rm"] and cmd[-len(argv) + 2:] == [IMAGE, *argv[3:]]
     assert f"{tmp_path}:{tmp_path}" in cmd and "--env=SLURM_JOB_NODELIST" in cmd and "--env=PYTHONPATH" not in cmd
-    assert cmd[cmd.index("--name") + 1] != Container("podman", IMAGE).wrap(argv, tmp_path, f"{tmp_path}/r:1")[0][cmd.index("--name") + 1]
+    assert cmd[cmd.index("--name") + 1] == Container.name(f"{tmp_path}/r:0") != Container.name(f"{tmp_path}/r:1")
 
 
 # ----------------------------------------------------------------------------- in the image
 
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory) -> dict:
-    """podman set up (containers/setup.sh) and IMAGE built from this checkout by `make image`,
-    once per test run (a lock and a note shared by the test workers): the environment for podman.
-    The build trusts the host's CA bundle (this machine's network, given here, not in the recipe)."""
-    shared = tmp_path_factory.getbasetemp().parent
-    with FileLock(shared / "image.lock"):
+    """podman set up (containers/setup.sh) and IMAGE built from this checkout by `make image` (the
+    first build takes minutes, a rebuild with nothing changed seconds: podman's layer cache), under
+    a lock shared by the test workers: the environment for podman. The build trusts the host's CA
+    bundle (this machine's network, given here, not in the recipe)."""
+    with FileLock(tmp_path_factory.getbasetemp().parent / "image.lock"):
         setup = subprocess.run(["bash", ROOT / "containers" / "setup.sh"], capture_output=True, text=True, timeout=1200)
         assert setup.returncode == 0, setup.stderr
         env = dict(os.environ, **dict(kv.split("=", 1) for kv in setup.stdout.strip().splitlines()[-1].split()[1:]))
-        note = shared / "image.json"
-        if not note.is_file():
-            (shared / "pip.conf").write_text("[global]\ncert = /etc/host-ca.crt\n")
-            flags = f"-v {HOST_CA}:/etc/host-ca.crt:ro -v {shared / 'pip.conf'}:/etc/pip.conf:ro" if HOST_CA.is_file() else ""
-            t0 = time.time()
-            build = subprocess.run(["make", "-C", ROOT, "image", f"IMAGE={IMAGE}", "BASE_IMAGE=localhost/debian:bookworm",
-                                    f"BUILD_FLAGS={flags}"], env=env, capture_output=True, text=True, timeout=3600)
-            assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-            note.write_text(json.dumps({"build_s": time.time() - t0}))
+        pip_conf = tmp_path_factory.mktemp("build") / "pip.conf"
+        pip_conf.write_text("[global]\ncert = /etc/host-ca.crt\n")
+        flags = f"-v {HOST_CA}:/etc/host-ca.crt:ro -v {pip_conf}:/etc/pip.conf:ro" if HOST_CA.is_file() else ""
+        build = subprocess.run(["make", "-C", ROOT, "image", f"IMAGE={IMAGE}", "BASE_IMAGE=localhost/debian:bookworm",
+                                f"BUILD_FLAGS={flags}"], env=env, capture_output=True, text=True, timeout=3600)
+        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     return env
 
 
@@ -183,9 +180,10 @@ def test_darkroom_study_inside_the_image_with_runs_bound(podman, tmp_path):
 
 @pytest.mark.container
 def test_training_stopped_by_podman_stop_resumes_to_the_result_outside_the_image(podman, tmp_path):
+    # 800 steps: some seconds left after the first checkpoint for `podman stop` to arrive
     sections = {"study": {"name": "stop", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "train"],
                           "variants": {"AD": {}}},
-                "train": {**TINY["train"], "steps": 400, "checkpoint_every": 40, "log_every": 20, "val_every": 100}}
+                "train": {**TINY["train"], "steps": 800, "checkpoint_every": 40, "log_every": 20, "val_every": 200}}
     outside = write_yaml(tmp_path / "outside.yaml", {**TINY, **sections})
     inside = write_yaml(tmp_path / "inside.yaml", {**TINY, **sections, "extends": "/opt/cccad/configs/studies/smoke.yaml"})
     cccad("local", outside, "--runs", tmp_path / "outside")  # the host's venv: CPU build of torch
@@ -207,7 +205,7 @@ def test_training_stopped_by_podman_stop_resumes_to_the_result_outside_the_image
     subprocess.run(list(map(str, cmd)), env=podman, capture_output=True, text=True, timeout=600, check=True)
     resumed = json.loads((run_dir / "metrics.json").read_text())
     plain = json.loads((tmp_path / "outside" / "stop" / "train-AD-darkroom-seed0" / "metrics.json").read_text())
-    assert 0 < resumed["resumed_from"] < 400
+    assert 0 < resumed["resumed_from"] < 800
     assert [r["step"] for r in resumed["history"]] == [r["step"] for r in plain["history"]]
     for a, b in zip(resumed["history"], plain["history"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), (a, b)
@@ -259,6 +257,8 @@ def test_study_submitted_with_a_podman_profile_runs_its_stages_in_the_image_and_
         assert m["packages"]["torch"] == "2.13.0"
     log = (run_dir / "log.txt").read_text()
     assert "cccad: interrupted: SIGTERM at step" in log and "resumed from" in log, log[-2000:]
+    left = subprocess.run(["podman", "ps", "-a", "-q", "--filter", "name=^cccad-"], env=podman, capture_output=True, text=True)
+    assert left.stdout == "", left.stdout  # no container outlived its job
     requeued = json.loads((run_dir / "metrics.json").read_text())
     plain = json.loads((tmp_path / "plain" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())
     assert 0 < requeued["resumed_from"] < 400
