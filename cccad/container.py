@@ -5,8 +5,8 @@ A SLURM job stays on the host (submitit, its requeue through `scontrol`, SLURM's
 need the host); only the stage it starts, `cccad run`, runs in the image, so the code that
 computes and writes the run's files is the image's: its manifest records the image and the
 image's build (commit included). The runs folder is bound at the same path, so the task's config
-and input paths mean the same inside; signals reach the stage through the runtime (podman's
-signal proxy to the image's init, tini; apptainer's own forwarding) and it checkpoints as outside.
+and input paths mean the same inside; signals reach the stage through the runtime (`podman kill`
+to the image's init, tini; apptainer's own forwarding) and it checkpoints as outside.
 """
 from __future__ import annotations
 
