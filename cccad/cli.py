@@ -14,6 +14,7 @@ from pathlib import Path
 from cccad.checkpoint import CheckpointError
 from cccad.cluster import ClusterError
 from cccad.config import ConfigError, dump_yaml, load_config, source_of
+from cccad.container import check_args
 from cccad.data.store import DatasetError
 from cccad.fs import Busy, NoSpace, atomic_write_text, locked, taken_over
 from cccad.report import write_report
@@ -40,7 +41,7 @@ def outcome(e: BaseException) -> tuple[str, int] | None:
     if isinstance(e, Interrupted):
         return f"cccad: interrupted: {e}", e.exit_code
     if isinstance(e, StopRequested):
-        return f"cccad: interrupted: {e}", 130
+        return f"cccad: interrupted: {e}", e.exit_code
     if isinstance(e, KeyboardInterrupt):
         return "cccad: interrupted (Ctrl-C)", 130
     return None
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
     if rest:
         args.overrides = args.overrides + rest
     try:
+        check_args(args)  # inside a container image: outputs only to a folder bound from the host
         code = args.func(args)
     except OtherProcessDone:
         code = 0

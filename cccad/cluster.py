@@ -13,7 +13,8 @@ without work are skipped, and a task that finds its outputs complete exits at on
 submission is recorded in runs/<study>/.submit/<time>.json (arrays and each task's job id); `status`
 reads those records, SLURM (`squeue`, `sacct`) and the run folders.
 
-A task runs `cccad run` in a child process (as `cccad local` does). On SLURM's preemption or
+A task runs `cccad run` in a child process (as `cccad local` does), inside the profile's
+container image if it names one (cccad/container.py). On SLURM's preemption or
 time-limit signal (USR2, `signal_delay_s` before the limit) submitit calls `StageJob.checkpoint`:
 the child, signalled too, saves a checkpoint at its step boundary and exits, and the task is
 requeued with the same callable; the rerun resumes from that checkpoint.
@@ -25,17 +26,16 @@ import copy
 import io
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cccad.config import build, merge_into, read_with_sources
+from cccad.container import Container
 from cccad.fs import atomic_write_json, locked
 from cccad.stages import STAGES
 from cccad.runinfo import describe_exit, last_end, record_end
@@ -92,7 +92,8 @@ class Profile:
     array_parallelism: int = 16  # %N: tasks of one array running at once
     max_requeues: int = 3  # time-outs a task may be requeued after (preemptions always requeue)
     signal_delay_s: int = 120  # USR2 this long before the time limit: time to save a checkpoint
-    container_image: str | None = None  # run jobs inside it (apptainer exec --nv)
+    container_image: str | None = None  # run each task's stage inside this image (README, Containers)
+    container_runtime: Literal["apptainer", "podman"] = "apptainer"  # apptainer: a SIF; podman: a local image
     env: dict[str, str] = field(default_factory=dict)  # set in every job, e.g. {GLOO_SOCKET_IFNAME: eth0}
     sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
     defaults: Resources = field(default_factory=Resources)
@@ -126,12 +127,8 @@ class Profile:
     def resources(self, stage: str) -> Resources:
         return self.stages.get(stage, self.defaults)
 
-    def python(self) -> str:
-        """How jobs start Python: the submitting interpreter, or the image's."""
-        if self.container_image:
-            image = shlex.quote(self.container_image)
-            return f"apptainer exec --nv --env CCCAD_IMAGE={image} {image} python"
-        return shlex.quote(sys.executable)
+    def container(self) -> Container | None:
+        return Container(self.container_runtime, self.container_image) if self.container_image else None
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -220,11 +217,11 @@ class StageJob:
     study's tasks, so the task's config is resolved and checked where it runs."""
 
     def __init__(self, study_file: str, overrides: list[str], runs_root: str, task_name: str,
-                 env: dict[str, str] | None = None):
-        self.args = (study_file, list(overrides), runs_root, task_name, dict(env or {}))
+                 env: dict[str, str] | None = None, container: Container | None = None):
+        self.args = (study_file, list(overrides), runs_root, task_name, dict(env or {}), container)
 
     def task(self) -> Task:
-        study_file, overrides, runs_root, name, _ = self.args
+        study_file, overrides, runs_root, name, _, _ = self.args
         _, tasks = build_tasks(study_file, overrides, runs_root)
         return next(t for t in tasks if t.name == name)
 
@@ -245,8 +242,14 @@ class StageJob:
         rank = env.global_rank
         task.run_dir.mkdir(parents=True, exist_ok=True)  # (whichever rank comes first)
         log = task_log(task) if rank == 0 else open(task.run_dir / f"log.rank{rank}.txt", "ab")
+        command, child_env = task_command(task), None
+        self._ident = f"{task.run_dir.resolve()}:{rank}"
+        if container := self.args[5]:  # the stage runs in the image, on the runs folder bound in
+            command, child_env = container.wrap(command, Path(self.args[2]), self._ident, self.args[4])
+            # SLURM signals this job's processes, and a podman container is none of them
+            signal.signal(signal.SIGTERM, self._pass_on)
         with log:
-            self._child = subprocess.Popen(task_command(task), stdout=log, stderr=subprocess.STDOUT)
+            self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
             while (rc := self._child.poll()) is None:  # poll, not wait: checkpoint() polls it from a signal handler
                 time.sleep(0.5)
         if rank == 0:
@@ -256,6 +259,14 @@ class StageJob:
         print(f"{task.name}: done", flush=True)
         return "done"
 
+    def _pass_on(self, signum, frame=None):
+        """Signal the stage (through its container, if any)."""
+        if self._child.poll() is None:
+            if container := self.args[5]:
+                container.signal(self._child, self._ident, signum)
+            else:
+                self._child.send_signal(signum)
+
     def checkpoint(self, *args, **kwargs):
         """Submitit calls this on USR2 (preemption, time limit) before requeueing: let the stage
         save a checkpoint and exit, then requeue this same task."""
@@ -263,7 +274,7 @@ class StageJob:
 
         child = getattr(self, "_child", None)
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGUSR2)
+            self._pass_on(signal.SIGUSR2)
             deadline = time.time() + 60
             while child.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
@@ -324,6 +335,9 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
            log=print) -> list[Array]:
     profile = load_profile(profile_path)
     base, tasks = build_tasks(study_file, overrides, runs_root)
+    container = profile.container()
+    if container and not dry_run and (problem := container.problem()):
+        raise ClusterError(f"{profile_path}: container_image: {problem}")
     root = Path(runs_root) / base.study.name
     arrays = plan(tasks, profile)
     log(f"study {base.study.name}: {len(tasks)} tasks, {sum(len(a.tasks) for a in arrays)} to submit "
@@ -363,7 +377,7 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
     job_ids: dict[str, str] = {}
 
     def executor(res: Resources, name: str, dependency: str | None, **extra):
-        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=profile.python())
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, )
         layout = {"nodes": res.nodes, "ntasks_per_node": res.processes}
         if res.flexible:  # a node range, the number of processes fixed (as sbatch options: submitit
             # counts tasks as nodes x tasks per node, only for results we do not read)
@@ -385,7 +399,8 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
                               f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
                               **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
                 with ex.batch():
-                    jobs = [ex.submit(StageJob(*study_args, t.name, profile.env)) for t in array.tasks]
+                    jobs = [ex.submit(StageJob(*study_args, t.name, profile.env, profile.container()))
+                            for t in array.tasks]
                 job_ids[name] = jobs[0].job_id.split("_")[0]
             name = "report"
             job_ids[name] = executor(profile.resources("report"), name, "afterany:" + ":".join(job_ids.values())).submit(

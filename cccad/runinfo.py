@@ -40,6 +40,9 @@ def run_hash(cfg: Config, stage: str) -> str:
 
 
 def git_commit() -> dict:
+    build = image_build()
+    if build is not None:  # an image's code (no .git in it): the commit its build recorded
+        return {"commit": build.get("git_commit", "unknown"), "dirty": {"true": True, "false": False}.get(build.get("git_dirty"))}
     root = Path(__file__).resolve().parent.parent
     def git(*args):
         try:
@@ -47,7 +50,7 @@ def git_commit() -> dict:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "HEAD") or os.environ.get("CCCAD_GIT_COMMIT", "unknown"),
+    return {"commit": git("rev-parse", "HEAD") or "unknown",
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 

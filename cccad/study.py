@@ -10,6 +10,7 @@ failed task only stops the tasks that need it.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read
 from cccad.fs import atomic_write_text, locked, taken_over
 from cccad.runinfo import LOG, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
 from cccad.stages import STAGES
+from cccad.trainer import EXIT_INTERRUPTED
 
 
 @dataclass
@@ -122,11 +124,13 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
 
 def task_command(task: Task) -> list[str]:
     """The command that runs `task` (`cccad run` on its resolved config, which is written to
-    runs/<study>/.tasks/), as `cccad local` and cluster jobs both run it."""
+    runs/<study>/.tasks/), as `cccad local` and cluster jobs both run it. Absolute paths: a
+    container runs it elsewhere, with the runs folder bound at the same path."""
     task.run_dir.mkdir(parents=True, exist_ok=True)
     config_file = task.run_dir.parent / ".tasks" / f"{task.name}.yaml"
     atomic_write_text(config_file, dump_yaml(task.config))
-    return [sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file), "--out", str(task.run_dir)]
+    return [sys.executable, "-m", "cccad", "run", task.stage, "-c", str(config_file.resolve()),
+            "--out", str(task.run_dir.resolve())]
 
 
 def task_log(task: Task):
@@ -136,27 +140,46 @@ def task_log(task: Task):
 
 
 class StopRequested(Exception):
-    """Ctrl-C in `cccad local`: the running task was stopped (at a checkpoint, if it trains)."""
+    """`cccad local` stopped while a task ran: by Ctrl-C (SIGINT), or by a scheduler's or `podman
+    stop`'s SIGTERM or SIGUSR2, which it passes on; the task stopped at a checkpoint if it trains.
+    Exits 130 after Ctrl-C, 75 (requeue me) after the others."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 130 if signum == signal.SIGINT else EXIT_INTERRUPTED
 
 
 def run_task(task: Task, log) -> int:
     """Run one task in its own process, its output to its log; the return code, recorded in the
-    log. Ctrl-C (which the task's process gets too, and answers by saving a checkpoint and
-    exiting) waits for it, then raises StopRequested; a second Ctrl-C kills it."""
+    log. SIGTERM and SIGUSR2 are passed on to the task (a scheduler or `podman stop` signals this
+    process only); Ctrl-C reaches it by itself. Either way the task saves a checkpoint and exits,
+    and StopRequested is raised; a second Ctrl-C kills the task."""
+    caught: list[int] = []
     with task_log(task) as logf:
         child = subprocess.Popen(task_command(task), stdout=logf, stderr=subprocess.STDOUT)
+
+        def pass_on(signum, frame):
+            caught.append(signum)
+            child.send_signal(signum)
+
+        previous = {s: signal.signal(s, pass_on) for s in (signal.SIGTERM, signal.SIGUSR2)}
         try:
             rc = child.wait()
         except KeyboardInterrupt:
+            caught.append(signal.SIGINT)
             log(f"{'[stop]':10}{task.name}: stopping at its next checkpoint (Ctrl-C again to kill it)")
             try:
                 rc = child.wait()
             except KeyboardInterrupt:
                 child.kill()
                 rc = child.wait()
-            how = record_end(task.run_dir, rc, "cccad local")
-            raise StopRequested(f"{task.name} stopped ({how}); run the study again to resume it") from None
-    record_end(task.run_dir, rc, "cccad local")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    how = record_end(task.run_dir, rc, "cccad local")
+    if caught:
+        raise StopRequested(f"{task.name} stopped by {signal.Signals(caught[0]).name} ({how}); run the study again "
+                            "to resume it", caught[0])
     return rc
 
 

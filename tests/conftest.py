@@ -42,10 +42,12 @@ WORLD_SMALL = {
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     """`make test` runs two streams side by side (`pytest -n 2 --dist loadgroup`): the tests on
-    SLURM clusters (they start clusters of their own, on fixed ports, and wait on them a lot) and
-    all the others (which share the study runs below: run once per stream)."""
+    SLURM clusters and in the container image (they start clusters of their own, on fixed ports,
+    build the image once, and wait on them a lot) and all the others (which share the study runs
+    below: run once per stream)."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("slurm" if item.get_closest_marker("slurm") else "local"))
+        apart = item.get_closest_marker("slurm") or item.get_closest_marker("container")
+        item.add_marker(pytest.mark.xdist_group("slurm" if apart else "local"))
 
 
 @pytest.fixture(scope="session")
