@@ -237,6 +237,20 @@ class TrainConfig:
     val_fraction: float = 0.05  # share of streams held out for validation loss
     val_every: int = 1000
     val_batches: int = 8
+    # windows cut from the histories (train, pretrain_encoder, probe) start at an episode's first
+    # step: with chunk_len and recent_len whole episodes, chunks are episodes, as in evaluation
+    align_to_episodes: bool = False
+    # CompressedAD: weight of an auxiliary loss, reconstructing the compressed transitions from
+    # the latents (a head like pre-training's, trained jointly); 0: none
+    reconstruction_weight: float = 0.0
+    # Darkroom policies: every eval_every steps (0: never) an in-context evaluation on the held-out
+    # goals (evaluate.episodes, eval_streams_per_task streams each) goes into the logged history
+    eval_every: int = 0
+    eval_streams_per_task: int = 4
+    # how fast and how steadily it learns: the steps until the training loss (its moving average)
+    # is at most converged_loss, and until the held-out return / optimal reaches converged_return
+    converged_loss: float = 1.0
+    converged_return: float = 0.8
 
     def check(self, err):
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -255,12 +269,20 @@ class TrainConfig:
             err("val_fraction", "must be within [0, 1)")
         if self.val_every % max(self.log_every, 1):
             err("val_every", f"must be a multiple of log_every ({self.log_every})", related="log_every")
+        if self.eval_every < 0 or self.eval_every % max(self.log_every, 1):
+            err("eval_every", f"must be 0 or a multiple of log_every ({self.log_every})", related="log_every")
+        if self.eval_streams_per_task < 1:
+            err("eval_streams_per_task", "must be positive")
+        if self.reconstruction_weight < 0:
+            err("reconstruction_weight", "must be >= 0")
 
 
 @dataclass
 class EvaluateConfig:
     episodes: int = 40  # consecutive in-context episodes, context carried across them
-    streams_per_task: int = 4  # independent evaluation streams per held-out task
+    # independent evaluation streams per held-out task (16 x 8 Darkroom goals: a standard error of
+    # the final normalised return of about 0.03)
+    streams_per_task: int = 16
     greedy: bool = False  # sample actions (as AD does) unless true
     batch_size: int = 512  # (task, stream) pairs stepped at once
 
@@ -379,8 +401,13 @@ class StudyConfig:
     envs: list[str] = field(default_factory=lambda: ["darkroom"])  # configs/envs/<name>.yaml
     seeds: list[int] = field(default_factory=lambda: [0])
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
-    # variant name -> {dotted key: value} applied to the train and evaluate stages
+    # variant name -> {dotted key: value} applied to the per-variant stages (train, evaluate, probe)
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"AD": {}})
+    # "A - B": the report shows, per seed, variant A's value less B's of each compared metric
+    comparisons: list[str] = field(default_factory=list)
+
+    def compared(self) -> list[tuple[str, str]]:
+        return [tuple(part.strip() for part in c.split(" - ")) for c in self.comparisons]
 
     def check(self, err):
         if not self.envs:
@@ -394,6 +421,10 @@ class StudyConfig:
                 err("stages", f"unknown stage '{stage}' (known: {', '.join(STAGE_NAMES)})")
         if not self.variants:
             err("variants", "must name at least one variant")
+        for i, pair in enumerate(self.compared()):
+            if len(pair) != 2 or not all(v in self.variants for v in pair):
+                err(f"comparisons[{i}]", f"'{self.comparisons[i]}' is not 'A - B' with A and B among study.variants "
+                    f"({', '.join(self.variants)})")
 
 
 @dataclass
@@ -418,7 +449,7 @@ class Config:
                 err("env.frame_size", f"must be divisible by 2^{levels} (world_model.channels has {levels} "
                     "stride-2 stages)", related="world_model.channels")
         if self.model.kind == "ad":
-            for key in ("inputs.pretrained_encoder_path", "train.freeze_encoder"):
+            for key in ("inputs.pretrained_encoder_path", "train.freeze_encoder", "train.reconstruction_weight"):
                 section, _, name = key.partition(".")
                 if getattr(getattr(self, section), name):
                     err(key, "applies to model.kind compressed_ad only", related="model.kind")
@@ -453,7 +484,8 @@ HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
 # when a run logs, validates and checkpoints: part of its outputs' identity (the logged history),
 # not of its weights' (a checkpoint resumes under another cadence)
 CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.val_every",
-           "train.val_batches")
+           "train.val_batches", "train.eval_every", "train.eval_streams_per_task", "train.converged_loss",
+           "train.converged_return")
 
 
 def pick(cfg: Config, *sections: str, drop: tuple[str, ...] = ()) -> dict:
@@ -550,6 +582,9 @@ def flatten(tree: dict, prefix: str = "") -> list[str]:
 
 # mappings a later layer replaces whole instead of merging into (a study's variants)
 REPLACED = ("study.variants",)
+# keys that go with a replaced mapping: a layer that replaces it without setting them drops them
+# (a study's comparisons name its variants)
+GOES_WITH = {"study.variants": "comparisons"}
 
 
 def merge_into(base: dict, update: dict, prefix: str = "") -> dict:
@@ -558,6 +593,8 @@ def merge_into(base: dict, update: dict, prefix: str = "") -> dict:
             merge_into(base[k], v, f"{prefix}{k}.")
         else:
             base[k] = copy.deepcopy(v)
+            if (other := GOES_WITH.get(f"{prefix}{k}")) and other not in update:
+                base.pop(other, None)
     return base
 
 

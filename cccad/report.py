@@ -226,6 +226,25 @@ class Report:
                 self.plot(name, lambda p: atomic_write_bytes(p, (first.task.run_dir / image.file).read_bytes()),
                           f"{image.caption}, {first.task.name}")
 
+    def comparisons(self, pairs: list[tuple[str, str]]) -> None:
+        """Each study comparison "A - B", per env, for each metric the per-variant stages compare
+        (their COMPARED columns): A's value less B's, seed by seed, mean ± 95% interval."""
+        rows = []
+        for stage, mod in STAGES.items():
+            for column in getattr(mod, "COMPARED", ()):
+                for env in dict.fromkeys(r.task.env for r in self.runs if r.task.stage == stage):
+                    for a, b in pairs:
+                        done = {v: {r.task.seed: column.value(r.metrics) for r in self.runs if r.metrics
+                                    and (r.task.stage, r.task.env, r.task.variant) == (stage, env, v)} for v in (a, b)}
+                        diffs = [done[a][s] - done[b][s] for s in done[a]
+                                 if s in done[b] and None not in (done[a][s], done[b][s])]
+                        rows.append([env, f"{a} - {b}", f"{column.header} ({stage})", str(len(diffs)),
+                                     cell(diffs, column.digits)])
+        if rows:
+            self.heading("Comparisons between variants", "Per seed (the same data and evaluation streams), variant "
+                         "A's value less B's; mean ± 95% interval over the seeds both completed.")
+            self.lines += markdown_table(["env", "comparison", "metric", "seeds", "A - B"], rows)
+
     def training_curves(self) -> None:
         trained = [s for s in STAGES if STAGES[s].TRAINS and groups(self.runs, s)]
         if not trained:
@@ -278,6 +297,7 @@ def write_report(study_file: str, overrides: list[str] = (), runs_root: str = "r
                      "Mean ± 95% interval (Student t) over the seeds whose run is complete; `seeds` is complete "
                      "of planned. Runs that are not complete are named under Runs.", ""]
     report.stage_sections()
+    report.comparisons(base.study.compared())
     report.training_curves()
     report.runs_and_provenance(base, str(study_file), list(overrides))
     atomic_write_text(out / "study.yaml", dump_yaml(base))

@@ -121,7 +121,8 @@ class Objective:
     weights, step and config in model.pt). `frozen`: nets the loss reads but never trains (moved
     to the device, kept in eval mode without gradients, not checkpointed). `after_step(model,
     step)` runs after each optimizer step (e.g. an EMA target update; state it changes must live
-    in `model` to be checkpointed). `on_log(row, log)` sees each logged row (e.g. to warn)."""
+    in `model` to be checkpointed). `on_log(row, log)` sees each logged row (e.g. to warn).
+    `evaluate(model)` scores the model (in eval mode) every `train.eval_every` steps, into the row."""
     model: torch.nn.Module
     loss: Callable
     batch: Callable[[np.random.Generator, int, slice, int], dict]
@@ -132,6 +133,7 @@ class Objective:
     frozen: torch.nn.Module | None = None
     after_step: Callable[[torch.nn.Module, int], None] | None = None
     on_log: Callable[[dict, Callable], None] | None = None
+    evaluate: Callable[[torch.nn.Module], dict] | None = None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -231,6 +233,10 @@ class StepLog:
             row["grad_norm"] = float(grad_norm)
         if done % self.tc.val_every == 0 or done == self.tc.steps:
             row.update(self.validate(model))
+        if self.objective.evaluate and self.tc.eval_every and (done % self.tc.eval_every == 0 or done == self.tc.steps):
+            model.eval()
+            row.update(self.objective.evaluate(self.accelerator.unwrap_model(model)))
+            model.train()
         if self.objective.on_log:
             self.objective.on_log(row, self.log)
         if self.writer:
@@ -272,9 +278,10 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     tc, run_dir = cfg.train, Path(run_dir)
     accelerator = make_accelerator(tc)
     world, rank, zero = accelerator.num_processes, accelerator.process_index, ZERO_STAGE.get(tc.strategy)
-    if zero == 3 and objective.after_step:
-        raise ConfigError("train.strategy: zero3 cannot run this stage's after-step update (it reads whole "
-                          "parameters, which ZeRO-3 splits across processes); use ddp or zero2")
+    if zero == 3 and (objective.after_step or (objective.evaluate and tc.eval_every)):
+        raise ConfigError("train.strategy: zero3 cannot run this stage's after-step update or in-training "
+                          "evaluation (they read whole parameters, which ZeRO-3 splits across processes); use ddp "
+                          "or zero2")
     if tc.batch_size % world:
         raise ConfigError(f"train.batch_size: {tc.batch_size} is not divisible by the {world} processes")
     torch.manual_seed(cfg.seed)

@@ -68,6 +68,63 @@ def test_cached_streaming_equals_recomputing_the_window():
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_memory_controls_see_no_latents_or_another_streams():
+    """Latents off: the recent transitions alone, as a depth-0 training window; another stream's
+    latents: made from that stream's chunks of the same steps; AD cut to its recent part: a window
+    of recent_len transitions."""
+    torch.manual_seed(0)
+    comp = CompressedAD(SMALL, OBS_DIM, N_ACTIONS).eval()
+    own, other = random_history(2, 60, seed=2), random_history(2, 60, seed=3)
+    off, foreign = CompressedWindow(comp, own, "none"), CompressedWindow(comp, own, "foreign", source=other)
+    normal = CompressedWindow(comp, own)
+    with torch.no_grad():
+        for t in range(60):
+            got_off, got_foreign, got_normal = off.logits(t), foreign.logits(t), normal.logits(t)
+            recent = own.features(off.recent, t + 1)
+            torch.testing.assert_close(got_off, comp.decode(recent)[:, -1], rtol=1e-4, atol=1e-5)
+            if normal.depth:
+                chunks = other.features(foreign.chunk_starts[0], foreign.recent)
+                want = comp.decode(own.features(foreign.recent, t + 1, first_of_window=False),
+                                   prefix=comp.latents(chunks))[:, -1]
+                torch.testing.assert_close(got_foreign, want, rtol=1e-4, atol=1e-5)
+                assert not torch.allclose(got_foreign, got_normal)  # another stream's latents change the policy
+        assert normal.depth == SMALL.max_compression_depth
+    ad = ADTransformer(ModelConfig(context_len=30, recent_len=10, n_embd=16, n_layer=2, n_head=2), OBS_DIM, N_ACTIONS).eval()
+    cut = SlidingWindow(ad, own, window=10)
+    with torch.no_grad():
+        for t in range(40):
+            torch.testing.assert_close(cut.logits(t), ad(own.features(max(0, t - 9), t + 1))[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_learning_speed_reads_the_history():
+    from cccad.config import load_config
+    from cccad.stages.train import learning_speed
+    cfg = load_config(None, ["train.converged_loss=1.0", "train.converged_return=0.5"])
+    loss = [1.6, 1.5, 1.4, 1.2, 1.0, 0.9, 0.8, 0.8, 0.7, 0.7, 0.9, 0.5, 0.9, 0.5, 0.9, 0.5]
+    history = [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(loss)]
+    history[5]["eval_normalised_return"], history[9]["eval_normalised_return"] = 0.3, 0.6
+    speed = learning_speed(history, cfg)
+    # the trailing mean of 5 logged losses first <= 1.0 at the 8th row (mean of 1.0 .. 0.8 = 0.9)
+    assert speed["steps_to_loss"] == 80 and speed["steps_to_return"] == 100
+    # a zigzag of +-0.1: its centred mean of 5 is +-0.02, so it oscillates by 0.08 about it
+    zigzag = learning_speed([{"step": i, "loss": 1.0 + 0.1 * (-1) ** i} for i in range(40)], cfg)
+    assert zigzag["loss_oscillation"] == pytest.approx(0.08)
+    flat = learning_speed([{"step": r["step"], "loss": 1.5} for r in history], cfg)
+    assert flat["steps_to_loss"] is None and flat["loss_oscillation"] == pytest.approx(0) and flat["steps_to_return"] is None
+
+
+def test_training_windows_start_at_episodes_when_aligned():
+    import numpy as np
+    from cccad.data.histories import sample_windows
+    steps = 600
+    ds = {k: np.zeros((4, steps) + s, dtype=np.uint8) for k, s in (("states", (2,)), ("next_states", (2,)))}
+    ds["rewards"] = np.zeros((4, steps), dtype=np.float32)
+    ds["actions"] = np.tile(np.arange(steps) % 20 // 4, (4, 1)).astype(np.uint8)  # step t's action: (t mod 20) // 4
+    for align, first_actions in ((20, {0}), (1, {0, 1, 2, 3, 4})):
+        b = sample_windows(ds, np.arange(4), np.random.default_rng(0), 200, 60, slice(None), 8.0, align)
+        assert set(b["actions"][:, 0].tolist()) == first_actions  # the action a window's first token predicts
+
+
 # --------------------------------------------------------------------------- stages, through the CLI
 
 COMPRESSED = {**TINY, "model": {**TINY["model"], "kind": "compressed_ad"}}

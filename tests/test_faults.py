@@ -294,6 +294,8 @@ def bad_inputs(root: Path, studies: dict) -> list[tuple[str, list, str]]:
         ("unknown stage in a study", ["local", dr, *runs, "study.stages=[collect,trian]"], "trian"),
         ("stage without the stage it needs", ["local", dr, *runs, "study.stages=[train]"], "'train' needs 'collect'"),
         ("unknown key in a variant", ["local", bad_variant, *runs], "model.kindd"),
+        ("a comparison of an unknown variant", ["local", dr, *runs, "study.comparisons=[AD - ADD]"],
+         "command line: study.comparisons[0]: 'AD - ADD' is not 'A - B' with A and B among study.variants"),
         ("seed set by hand in a study", ["local", dr, *runs, "seed=3"], "set by the study runner"),
         ("missing study file", ["local", root / "nope.yaml", *runs], "nope.yaml"),
         ("file that is not YAML", ["local", root / "broken.yaml", *runs], "not valid YAML"),
@@ -455,9 +457,12 @@ def test_ctrl_c_stops_the_study_at_a_checkpoint_and_a_second_runner_is_refused(s
     first = start_study(file, runs)
     train = runs / "dr" / "train-AD-darkroom-seed0"
     wait_for("checkpoints/step-*.pt", train)
+    (task,) = [p for p in psutil.Process(first.pid).children() if str(train) in p.cmdline()]
+    task.suspend()  # (held at its step while the second runner tries: the run is not over before it)
     second = cccad("local", file, "--runs", runs, check=False)
     one_line_error(second, 2, f"{runs / 'dr'}: in use by cccad local on {socket.gethostname()}, PID {first.pid}, since")
-    os.killpg(first.pid, signal.SIGINT)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the runner and its task (delivered to the task once it goes on)
+    task.resume()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 130, out + err
     assert err.count("\n") == 1 and "Traceback" not in err and f"{train.name} stopped" in err, err
@@ -505,9 +510,11 @@ def test_a_run_folder_in_use_is_refused_and_cccad_run_writes_its_own_log(studies
                               "train.steps=400"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for("tb", run)
+    first.send_signal(signal.SIGSTOP)  # (held at its step while the second tries: the run is not over before it)
     second = cccad("run", "train", "-c", config, "--out", run, "train.steps=400", check=False)
     one_line_error(second, 2, f"{run}: in use by cccad run train on {socket.gethostname()}, PID {first.pid}")
-    first.send_signal(signal.SIGTERM)  # a scheduler's stop: a checkpoint, exit 75
+    first.send_signal(signal.SIGTERM)  # a scheduler's stop (delivered once it goes on): a checkpoint, exit 75
+    first.send_signal(signal.SIGCONT)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 75
     log = (run / "log.txt").read_text()  # by hand too: what it printed is in its run folder's log

@@ -87,21 +87,32 @@ def test_harder_envs_run_through_the_same_stages(tmp_path):
 def test_compressed_ad_study_graph(darkroom_study):
     """collect -> pretrain_encoder -> train (4 variants) -> evaluate, probe: the smoke study's graph."""
     _, root, proc = darkroom_study
-    variants = ["AD", "CompressedAD-random", "CompressedAD-finetuned", "CompressedAD-frozen"]
+    variants = ["AD", "CompressedAD-random", "CompressedAD-reconstruction", "CompressedAD-finetuned", "CompressedAD-frozen"]
     pre = root / "pretrain-encoder-darkroom-seed0"
     assert (pre / "encoder-pretrained-final.pt").is_file()
     for v in variants:
         train_log = (root / f"train-{v}-darkroom-seed0" / "log.txt").read_text()
         assert (f"from {pre.resolve()}/encoder-pretrained-final.pt" in train_log) == v.endswith(("finetuned", "frozen"))
         assert ("encoder frozen" in train_log) == v.endswith("frozen")
+        assert ("a reconstruction head, weight 1.0" in train_log) == v.endswith("reconstruction")
         ev = json.loads((root / f"evaluate-{v}-darkroom-seed0" / "metrics.json").read_text())
         # 4 episodes x 20 steps = 80 transitions: a CompressedAD window of 6 latents + 18 recent
         # compresses a 12-transition chunk once the 18 fill, then every 12 steps
         assert ev["compressions"] == (0 if v == "AD" else (80 - 18 + 11) // 12)
+        # the memory controls, each scored like the normal condition, with its standard error
+        assert set(ev["controls"]) == ({"recent_only"} if v == "AD" else {"no_latents", "foreign_latents"})
+        assert ev["streams"] == 8 and 0 <= ev["final_normalised_return_se"] < 1
+        assert all(0 <= c["final_normalised_return"] <= 1 for c in ev["controls"].values())
         probe = json.loads((root / f"probe-{v}-darkroom-seed0" / "metrics.json").read_text())
         assert set(probe["per_depth"]) == {"1", "2", "3"}
         assert set(probe["per_depth"]["1"]) == ({"uncompressed"} if v == "AD" else {"latent", "uncompressed"})
     assert proc.stdout.count("[done]") == 1 + 1 + 3 * len(variants)
+    recon = json.loads((root / "train-CompressedAD-reconstruction-darkroom-seed0" / "metrics.json").read_text())
+    rows = [r for r in recon["history"] if "reconstruction" in r]
+    assert rows and rows[-1]["reconstruction"] < rows[0]["reconstruction"]  # the auxiliary loss is learned
+    report = (root / "report" / "report.md").read_text()
+    for pair in ("CompressedAD-finetuned - CompressedAD-random", "CompressedAD-reconstruction - CompressedAD-random"):
+        assert f"| darkroom | {pair} | final normalised return (evaluate) | 1 |" in report, report
 
 
 def test_a_variant_asking_for_an_unlisted_stage_is_refused(tmp_path):

@@ -169,11 +169,18 @@ def split_streams(n_streams: int, val_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def window_align(cfg: Config) -> int:
+    """Where training windows may start: any step, or (train.align_to_episodes) an episode's first."""
+    return cfg.env.horizon if cfg.train.align_to_episodes else 1
+
+
 def sample_windows(ds, ids: np.ndarray, rng: np.random.Generator, size: int, length: int, part: slice,
-                   scale: float) -> dict:
-    """`size` random windows of `length` tokens from the streams `ids`; loads only `part` of them
-    (the indices are drawn for all, so every process draws the same global batch)."""
+                   scale: float, align: int = 1) -> dict:
+    """`size` random windows of `length` tokens from the streams `ids`, starting at multiples of
+    `align`; loads only `part` of them (the indices are drawn for all, so every process draws the
+    same global batch)."""
     steps = ds["actions"].shape[1]
-    streams, starts = ids[rng.integers(0, len(ids), size)], rng.integers(0, steps - length + 1, size)
+    streams = ids[rng.integers(0, len(ids), size)]
+    starts = rng.integers(0, (steps - length) // align + 1, size) * align
     windows = history_windows(ds, streams[part], starts[part], length, N_ACTIONS, scale)
     return {**windows, "streams": torch.from_numpy(streams[part])}

@@ -111,10 +111,13 @@ class CompressedAD(ADTransformer):
         latents = compress(self.embed, self.encoder, chunks, self.cfg.chunk_len)
         return None if latents is None else latents + self.latent_pos
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, d*chunk_len + R, F) -> logits (B, R, n_actions) for the R recent transitions."""
+    def forward(self, features: torch.Tensor, with_latents: bool = False):
+        """(B, d*chunk_len + R, F) -> logits (B, R, n_actions) for the R recent transitions (and,
+        `with_latents`, the encoder's latents of the d chunks, or None for d = 0)."""
         n_chunk = self.depth_of(features.shape[1]) * self.cfg.chunk_len
-        return self.decode(features[:, n_chunk:], prefix=self.latents(features[:, :n_chunk]))
+        latents = compress(self.embed, self.encoder, features[:, :n_chunk], self.cfg.chunk_len)
+        logits = self.decode(features[:, n_chunk:], prefix=None if latents is None else latents + self.latent_pos)
+        return (logits, latents) if with_latents else logits
 
     def flops_per_token(self) -> float:
         c = self.cfg
@@ -164,3 +167,14 @@ class EncoderPretrainer(nn.Module):
         """(B, d*chunk_len, F) -> reconstructed transitions (B, d*chunk_len, targets)."""
         embed = lambda f: self.embed_ln(self.embed_context(f))  # noqa: E731
         return self.reconstruction(compress(embed, self.encoder, features, self.cfg.chunk_len), features.shape[1])
+
+
+class WithReconstruction(nn.Module):
+    """CompressedAD trained with an auxiliary reconstruction loss (train.reconstruction_weight):
+    the policy, and a head like pre-training's that reconstructs, from the policy's latents, the
+    transitions they compress; both learn together from the start."""
+
+    def __init__(self, policy: CompressedAD, pcfg: PretrainConfig, obs_dim: int, n_actions: int):
+        super().__init__()
+        self.policy = policy
+        self.reconstruction = ReconstructionDecoder(policy.cfg, pcfg, n_targets=2 * obs_dim + n_actions + 1)

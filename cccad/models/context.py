@@ -13,6 +13,8 @@ previous transition.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from cccad.models.ad import ADTransformer, token_features
@@ -29,6 +31,13 @@ class History:
         self.rewards = torch.zeros(n, steps)
         self.next_states = torch.zeros(n, steps, obs_dim, dtype=torch.long)
 
+    def select(self, ids) -> "History":
+        """The streams `ids` of this history (e.g. another task's, as a source of foreign latents)."""
+        out = copy.copy(self)
+        out.states, out.actions = self.states[ids], self.actions[ids]
+        out.rewards, out.next_states = self.rewards[ids], self.next_states[ids]
+        return out
+
     def features(self, lo: int, hi: int, first_of_window: bool = True) -> torch.Tensor:
         """Token features of steps lo..hi-1 (token t: transition t-1 and state t)."""
         prev = (torch.arange(lo, hi) - 1).clamp(min=0)
@@ -38,24 +47,32 @@ class History:
 
 
 class SlidingWindow:
-    def __init__(self, model: ADTransformer, history: History):
+    """AD's context: the last `window` transitions (default: all the model was trained on; a
+    shorter one is the control that cuts it to its recent part)."""
+
+    def __init__(self, model: ADTransformer, history: History, window: int | None = None):
         self.model, self.history = model, history
+        self.window = window or model.n_positions
         self.start, self.cache = 0, None
         self.compressions = 0
 
     @torch.no_grad()
     def logits(self, t: int) -> torch.Tensor:
-        K = self.model.n_positions
-        if self.cache is not None and t - self.start < K:
+        if self.cache is not None and t - self.start < self.window:
             x = self.history.features(t, t + 1, first_of_window=False)
             return self.model.decode(x, cache=self.cache, start=t - self.start)[:, -1]
-        self.start, self.cache = max(0, t - K + 1), self.model.new_cache()
+        self.start, self.cache = max(0, t - self.window + 1), self.model.new_cache()
         return self.model.decode(self.history.features(self.start, t + 1), cache=self.cache)[:, -1]
 
 
 class CompressedWindow:
-    def __init__(self, model: CompressedAD, history: History):
-        self.model, self.history = model, history
+    """CompressedAD's context: latents of the compressed past, then the recent transitions.
+    `memory`: "latents" (its own past), "none" (no latents: the recent transitions alone, as the
+    depth-0 training windows are), or "foreign" (the latents of the same steps of `source`, a
+    stream of another task: what the latents carry is then another goal's)."""
+
+    def __init__(self, model: CompressedAD, history: History, memory: str = "latents", source: History | None = None):
+        self.model, self.history, self.memory, self.source = model, history, memory, source
         self.chunk_starts: list[int] = []  # the chunks behind the latents, oldest first
         self.recent, self.cache = 0, None  # first recent step; cache of [latents, recent]
         self.compressions = 0
@@ -75,13 +92,17 @@ class CompressedWindow:
         if self.cache is not None:
             x = self.history.features(t, t + 1, first_of_window=False)
             return self.model.decode(x, cache=self.cache, start=t - self.recent)[:, -1]
-        lo = self.chunk_starts[0] if self.chunk_starts else self.recent
-        x = self.history.features(lo, t + 1)
-        n_chunk = self.recent - lo
         self.cache = self.model.new_cache()
-        latents = self.model.latents(x[:, :n_chunk])
-        return self.model.decode(x[:, n_chunk:], prefix=latents, cache=self.cache)[:, -1]
+        if self.memory == "none" or not self.chunk_starts:
+            return self.model.decode(self.history.features(self.recent, t + 1), cache=self.cache)[:, -1]
+        chunks = (self.source if self.memory == "foreign" else self.history).features(self.chunk_starts[0], self.recent)
+        recent = self.history.features(self.recent, t + 1, first_of_window=False)
+        return self.model.decode(recent, prefix=self.model.latents(chunks), cache=self.cache)[:, -1]
 
 
-def context_for(model, history: History):
-    return CompressedWindow(model, history) if isinstance(model, CompressedAD) else SlidingWindow(model, history)
+def context_for(model, history: History, condition: str = "normal", source: History | None = None):
+    """The context a model acts from under an evaluation condition (cccad/incontext.py)."""
+    if isinstance(model, CompressedAD):
+        return CompressedWindow(model, history, {"normal": "latents", "no_latents": "none",
+                                                 "foreign_latents": "foreign"}[condition], source)
+    return SlidingWindow(model, history, model.cfg.recent_len if condition == "recent_only" else None)

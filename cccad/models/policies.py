@@ -33,7 +33,8 @@ def trained_by(cfg: Config) -> dict:
     if cfg.model.kind == "ad":
         return pick(cfg, "seed", "env", "collect", "model", "train",
                     drop=tuple(f"model.{k}" for k in COMPRESSION_KEYS))
-    sections = ("seed", "env", "collect", "model", "train") + (("pretrain",) if cfg.inputs.pretrained_encoder_path else ())
+    pretrained = cfg.inputs.pretrained_encoder_path or cfg.train.reconstruction_weight > 0  # (its head's sizes)
+    sections = ("seed", "env", "collect", "model", "train") + (("pretrain",) if pretrained else ())
     return pick(cfg, *sections, drop=("model.context_len",))  # an AD-only key
 
 

@@ -10,6 +10,7 @@ cluster submitter treat them alike.
     TRAINS       whether it trains through the training loop, and so may run as several
                  processes (DDP or ZeRO); stages that do not run as one process
     REPORT       its sections of the study report (cccad/sections.py)
+    COMPARED     (per-variant stages) the metrics a study's comparisons between variants compare
     decided_by(cfg)             the config subset that decides the outputs (its hash stamps them)
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import open_collected, require_dataset
-from cccad.data.histories import sample_windows, split_streams
+from cccad.data.histories import sample_windows, split_streams, window_align
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.compressed_ad import EncoderPretrainer, transition_columns
 from cccad.models.policies import PRETRAINED_FILE, PRETRAINED_PARTS
@@ -103,10 +103,10 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     def batch(rng, size, part, step):
         phase, depth = step_depth(cfg, rng, step)
         drawn[phase][depth] += size
-        return sample_windows(ds, train_ids, rng, size, depth * c, part, scale)
+        return sample_windows(ds, train_ids, rng, size, depth * c, part, scale, window_align(cfg))
 
     def val_batch(rng, size, i):  # every depth in turn
-        return sample_windows(ds, val_ids, rng, size, (1 + i % deepest) * c, slice(None), scale)
+        return sample_windows(ds, val_ids, rng, size, (1 + i % deepest) * c, slice(None), scale, window_align(cfg))
 
     planned = planned_depth_counts(cfg)
     log("samples per compression depth: " + "; ".join(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import open_collected, require_dataset
-from cccad.data.histories import sample_windows, split_streams
+from cccad.data.histories import sample_windows, split_streams, window_align
 from cccad.envs.darkroom import DarkroomTasks
 from cccad.models.compressed_ad import CompressedAD
 from cccad.models.policies import load_trained, require_trained, trained_by
@@ -48,6 +48,10 @@ REPORT = (Section(
     plots=(Bars("goal_probe", "goal-position probe, deepest window", "accuracy",
                 values=lambda m: {kind: s["accuracy"] for kind, s in deepest(m).items()},
                 floor=lambda m: m["chance"]["accuracy"], floor_label="mean-goal guess"),)),)
+
+
+# what a study's comparisons between variants compare (cccad/report.py)
+COMPARED = (Column("goal probe accuracy, latents", lambda m: deepest(m).get("latent", {}).get("accuracy")),)
 
 
 def summary(m: dict) -> str:
@@ -111,7 +115,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     heads = nn.ModuleDict({f"{k}_d{d}": PoolingHead(m.n_embd, 2) for k in kinds for d in depths})
 
     def windows(ids, rng, n, depth, part=slice(None)):
-        b = sample_windows(ds, ids, rng, n, depth * c, part, scale)
+        b = sample_windows(ds, ids, rng, n, depth * c, part, scale, window_align(cfg))
         return {"features": b["features"], "goal": goals[b["streams"]] / scale}
 
     def score(pred, goal) -> dict:

@@ -1,5 +1,8 @@
 """Stage `train`: action prediction on learning histories: AD (full context) or CompressedAD
-(stage 2), optionally starting from a pre-trained encoder, fine-tuned or frozen."""
+(stage 2), from random init, with an auxiliary reconstruction loss, or from a pre-trained
+encoder, fine-tuned or frozen. With `train.eval_every`, in-context evaluations on held-out goals
+during training show how fast it learns to act; the run also reports how fast its loss fell and
+how much it oscillated."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +14,12 @@ import torch.nn.functional as F
 from cccad.checkpoint import FINAL_MODEL
 from cccad.config import Config, ConfigError
 from cccad.data.collected import open_collected, require_dataset
-from cccad.data.histories import sample_windows, split_streams
-from cccad.envs.darkroom import N_ACTIONS
+from cccad.data.histories import sample_windows, split_streams, window_align
+from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
+from cccad.incontext import evaluate as in_context
+from cccad.models.compressed_ad import WithReconstruction, transition_columns
 from cccad.models.policies import PRETRAINED_FILE, build_model, load_pretrained_encoder, trained_by
+from cccad.runtime import device
 from cccad.sections import Column, Section
 from cccad.trainer import Objective, fit
 
@@ -24,19 +30,37 @@ INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"),
 PER_VARIANT = True
 FAMILIES = ("darkroom",)
 TRAINS = True
-
+SMOOTHING = 5  # logged rows in the moving average of the training loss
 
 REPORT = (Section(
     "Action prediction (train)", "Cross-entropy of the next action on validation streams, against the uniform "
-    "guess (chance loss).",
+    "guess (chance loss); how fast it learned: steps until the training loss (moving average of "
+    f"{SMOOTHING} logged steps) reached train.converged_loss, and until the held-out in-context return "
+    "(in-training evaluations) reached train.converged_return (- : not within the run); how steadily: the "
+    "loss's oscillation, the RMS of the logged training loss about its moving average over the second half.",
     (Column("validation loss", lambda m: m.get("final_val_loss"), 4), Column("chance loss", lambda m: m.get("chance_loss"), 4),
+     Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
+     Column("steps to return", lambda m: m.get("steps_to_return"), 0),
+     Column("loss oscillation", lambda m: m.get("loss_oscillation"), 4),
      Column("samples/s", lambda m: m.get("samples_per_s"), 0))),)
 
 
+# what a study's comparisons between variants compare (cccad/report.py)
+COMPARED = (Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
+            Column("steps to return", lambda m: m.get("steps_to_return"), 0),
+            Column("loss oscillation", lambda m: m.get("loss_oscillation"), 4),
+            Column("validation loss", lambda m: m.get("final_val_loss"), 4))
+
+
 def summary(m: dict) -> str:
+    def reached(key: str, what: str) -> str:
+        return f"{what} at step {m[key]}" if m.get(key) is not None else f"not {what}"
+
     val = m.get("final_val_loss")
-    return (f"validation loss {val:.4f}" if val is not None else f"training loss {m['final_loss']:.4f}") + \
-        f" (chance {m['chance_loss']:.4f})"
+    return ((f"validation loss {val:.4f}" if val is not None else f"training loss {m['final_loss']:.4f}")
+            + f" (chance {m['chance_loss']:.4f}); " + reached("steps_to_loss", f"loss <= {m['converged_loss']}")
+            + ", " + reached("steps_to_return", f"return >= {m['converged_return']}")
+            + (f"; oscillation {m['loss_oscillation']:.4f}" if m.get("loss_oscillation") is not None else ""))
 
 
 def decided_by(cfg: Config) -> dict:
@@ -58,12 +82,28 @@ def outputs_valid(cfg: Config, run_dir: Path) -> bool:
     return (Path(run_dir) / FINAL_MODEL).is_file()
 
 
-def action_loss(model, batch):
-    logits = model(batch["features"])
+def policy_loss(logits, batch):
     actions = batch["actions"][:, -logits.shape[1]:]  # CompressedAD predicts the recent part only
     loss = F.cross_entropy(logits.flatten(0, 1).float(), actions.flatten())
-    accuracy = (logits.argmax(-1) == actions).float().mean()
-    return loss, {"accuracy": accuracy.detach()}
+    return loss, {"accuracy": (logits.argmax(-1) == actions).float().mean().detach()}
+
+
+def action_loss(model, batch):
+    return policy_loss(model(batch["features"]), batch)
+
+
+def with_reconstruction_loss(weight: float):
+    """Action loss plus `weight` x the MSE of the transitions reconstructed from the window's latents."""
+    def loss(model, batch):
+        logits, latents = model.policy(batch["features"], with_latents=True)
+        total, stats = policy_loss(logits, batch)
+        if latents is not None:
+            n = batch["features"].shape[1] - logits.shape[1]  # the compressed transitions
+            target = batch["features"][:, :n, transition_columns(OBS_DIM, N_ACTIONS)]
+            reconstruction = F.mse_loss(model.reconstruction(latents, n).float(), target)
+            total, stats["reconstruction"] = total + weight * reconstruction, reconstruction.detach()
+        return total, stats
+    return loss
 
 
 def window_length(cfg: Config, rng: np.random.Generator) -> int:
@@ -73,6 +113,25 @@ def window_length(cfg: Config, rng: np.random.Generator) -> int:
     if m.kind == "ad":
         return m.context_len
     return int(rng.integers(0, m.max_compression_depth + 1)) * m.chunk_len + m.recent_len
+
+
+def learning_speed(history: list[dict], cfg: Config) -> dict:
+    """Steps until the training loss's trailing moving average is at most train.converged_loss and
+    until the in-training evaluation's return reaches train.converged_return (None: not within the
+    run); the loss's oscillation: the RMS of the logged loss about its centred moving average, over
+    the second half of the run."""
+    steps = np.array([r["step"] for r in history])
+    loss = np.array([r["loss"] for r in history])
+    trailing = np.array([loss[max(0, i - SMOOTHING + 1):i + 1].mean() for i in range(len(loss))])
+    below = np.flatnonzero(trailing <= cfg.train.converged_loss)
+    centred = np.convolve(loss, np.ones(SMOOTHING) / SMOOTHING, mode="valid")  # rows SMOOTHING//2 .. -SMOOTHING//2
+    inner = loss[SMOOTHING // 2:len(loss) - SMOOTHING // 2]
+    half = slice(len(inner) // 2, None)
+    reached = [r["step"] for r in history if r.get("eval_normalised_return", -1) >= cfg.train.converged_return]
+    return {"steps_to_loss": int(steps[below[0]]) if len(below) else None,
+            "steps_to_return": reached[0] if reached else None,
+            "loss_oscillation": float(np.sqrt(np.mean((inner[half] - centred[half]) ** 2))) if len(inner) > 1 else None,
+            "converged_loss": cfg.train.converged_loss, "converged_return": cfg.train.converged_return}
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
@@ -89,19 +148,32 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     scale = cfg.env.size - 1
 
     def batch(rng, size, part, step):
-        return sample_windows(ds, train_ids, rng, size, window_length(cfg, rng), part, scale)
+        return sample_windows(ds, train_ids, rng, size, window_length(cfg, rng), part, scale, window_align(cfg))
 
     def val_batch(rng, size, i):
-        return sample_windows(ds, val_ids, rng, size, window_length(cfg, rng), slice(None), scale)
+        return sample_windows(ds, val_ids, rng, size, window_length(cfg, rng), slice(None), scale, window_align(cfg))
+
+    def evaluate(model):
+        policy = model.policy if isinstance(model, WithReconstruction) else model
+        scores = in_context(policy, cfg, device(), cfg.train.eval_streams_per_task, controls=False)
+        return {"eval_normalised_return": scores["final_normalised_return"]}
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    policy = build_model(cfg)
     if cfg.inputs.pretrained_encoder_path:
-        load_pretrained_encoder(model, cfg, log)
-    log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(train_ids)} training streams x {steps} transitions")
-    result = fit(run_dir, cfg, Objective(model, action_loss, batch, decided_by(cfg),
-                                         val_batch if len(val_ids) else None), log=log)
-    result["flops_per_token"] = model.flops_per_token()
+        load_pretrained_encoder(policy, cfg, log)
+    model, loss = policy, action_loss
+    if cfg.train.reconstruction_weight > 0:
+        model = WithReconstruction(policy, cfg.pretrain, OBS_DIM, N_ACTIONS)
+        loss = with_reconstruction_loss(cfg.train.reconstruction_weight)
+    log(f"{type(policy).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters"
+        + (f" (a reconstruction head, weight {cfg.train.reconstruction_weight})" if model is not policy else "")
+        + f", {len(train_ids)} training streams x {steps} transitions")
+    final = lambda m, step: {FINAL_MODEL: {"model_state_dict": policy.state_dict(),  # noqa: E731 (the policy alone)
+                                           "global_step": step, "config": cfg.to_dict()}}
+    result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch if len(val_ids) else None,
+                                         final=final, evaluate=evaluate), log=log)
+    result.update(learning_speed(result["history"], cfg))
+    result["flops_per_token"] = policy.flops_per_token()
     result["chance_loss"] = float(np.log(N_ACTIONS))
     return result
