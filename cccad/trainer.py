@@ -252,7 +252,8 @@ class StepLog:
         return row
 
     def validate(self, model) -> dict:
-        """Mean loss and stats over the fixed validation batches: {"val_loss": .., "val_<stat>": ..}."""
+        """Mean loss and stats over the fixed validation batches (each stat over the batches that
+        have it): {"val_loss": .., "val_<stat>": ..}."""
         if self.objective.val_batch is None:
             return {"val_loss": None}
         model.eval()
@@ -263,7 +264,8 @@ class StepLog:
                 loss, stats = self.objective.loss(model, _move(batch, self.accelerator.device))
                 rows.append({"val_loss": loss.item(), **{f"val_{k}": v.item() for k, v in stats.items()}})
         model.train()
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        # (a stat some batches lack, e.g. a loss on compressed chunks a window of depth 0 has none of)
+        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in dict.fromkeys(k for r in rows for k in r)}
 
     def close(self) -> float:
         """Samples per second over this process's steps."""

@@ -118,3 +118,29 @@ def test_checkpoint_tensors_are_checked_by_name_and_shape(tmp_path, dataset):
     torch.save(state, tmp_path / "train" / FINAL_MODEL)
     with pytest.raises(CheckpointError, match=r"tensor 'head.weight' has shape \(7, 32\), this model needs \(5, 32\)"):
         load_trained(load_config(cfg, args), tmp_path / "train", "cpu")
+
+
+def test_validation_averages_each_stat_over_the_batches_that_have_it(tmp_path):
+    """A stat only some batches give (the reconstruction loss of windows that compress anything)."""
+    import numpy as np
+
+    from cccad.config import load_config
+    from cccad.trainer import Objective, fit
+    cfg = load_config(None, ["train.steps=4", "train.batch_size=2", "train.num_warmup_steps=0", "train.log_every=2",
+                             "train.val_every=2", "train.val_batches=4", "train.checkpoint_every=100"])
+    model = torch.nn.Linear(1, 1)
+
+    def batch(rng, size, part, step):
+        return {"x": torch.full((size, 1), float(rng.integers(1, 7)))}
+
+    def loss(m, b):
+        out = m(b["x"]).pow(2).mean()
+        return out, ({"x": b["x"][0, 0]} if int(b["x"][0, 0]) != 1 else {})
+
+    result = fit(tmp_path, cfg, Objective(model, loss, batch, {"t": 1}, val_batch=lambda rng, size, i: batch(rng, size, slice(None), i)),
+                 log=lambda *_: None)
+    row = result["history"][-1]
+    drawn = [int(np.random.default_rng([0, 2, i]).integers(1, 7)) for i in range(4)]  # the loop's validation RNGs
+    having = [v for v in drawn if v != 1]
+    assert len(set(having)) > 1 and len(having) < len(drawn), drawn  # (the case: some batches lack the stat)
+    assert row["val_x"] == pytest.approx(np.mean(having)) and np.isfinite(row["val_loss"])
