@@ -368,8 +368,11 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
 
 def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path, study_args: tuple) -> dict[str, str]:
     """Submit the arrays and the report job through submitit: {array name: job id, "report": id}.
-    If sbatch refuses one, the arrays already submitted are cancelled and submitit's files of this
-    submission removed, then ClusterError with sbatch's message: all of it or nothing."""
+    The arrays that wait for no other wait for a held gate job instead, so no task starts until the
+    whole study is in; cancelling the gate then lets them start (afterany). If sbatch refuses one,
+    the arrays already submitted are cancelled, then the gate, and submitit's files of this
+    submission removed, then ClusterError with sbatch's message: all of it or nothing. (Holding
+    the arrays themselves would not do: sbatch does not check a held job against the nodes.)"""
     import submitit
 
     folder = root / ".slurm"
@@ -390,14 +393,18 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
             array_parallelism=profile.array_parallelism, additional_parameters={**profile.sbatch, **extra})
         return ex
 
-    name = ""
+    name, gate = "gate", None
     try:
+        where = (f"--{k}={v}" for k, v in (("partition", profile.partition), ("account", profile.account),
+                                            ("qos", profile.qos)) if v)
+        gate = slurm_command("sbatch", "--parsable", "--hold", f"--job-name={study}:gate", "--output=/dev/null",
+                             *where, "--wrap=true").strip().split(";")[0]
         with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint; it is said below
             for array in arrays:
                 name = array.name
                 ex = executor(array.resources, name,
-                              f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs else None,
-                              **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
+                              f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs
+                              else f"afterany:{gate}", **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
                 with ex.batch():
                     jobs = [ex.submit(StageJob(*study_args, t.name, profile.env, profile.container()))
                             for t in array.tasks]
@@ -405,11 +412,15 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
             name = "report"
             job_ids[name] = executor(profile.resources("report"), name, "afterany:" + ":".join(job_ids.values())).submit(
                 ReportJob(*study_args)).job_id
+        slurm_command("scancel", gate)
     except BaseException as e:
-        if job_ids:
-            subprocess.run(["scancel", *job_ids.values()], capture_output=True, timeout=60)
+        for ids in (list(job_ids.values()), [gate] if gate else []):  # the gate last: it holds the rest back
+            if ids:
+                subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
         for path in set(folder.iterdir()) - before if folder.is_dir() else ():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if isinstance(e, ClusterError):
+            raise
         if isinstance(e, (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError, OSError)):
             undone = f"; cancelled the {len(job_ids)} arrays submitted before it" if job_ids else ""
             raise ClusterError(f"sbatch refused the {name} job: {first_line(str(e)) or type(e).__name__}{undone}; "
