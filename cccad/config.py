@@ -364,6 +364,11 @@ class WorldModelConfig:
     ema_momentum: float = 0.996  # JEPA target encoder: target = m * target + (1 - m) * encoder
     ema_momentum_end: float = 0.996  # m goes linearly from ema_momentum to this over training
     collapse_spread: float = 0.01  # warn when the JEPA latents' spread (std across the batch / RMS) falls below
+    # JEPA anti-collapse terms on the online latents (VICReg's; 0: the seed's objective alone):
+    # variance, the mean over latent dims of max(0, 1 - std across the batch); covariance, the
+    # squared off-diagonal covariances over latent_dim
+    vicreg_variance_weight: float = 0.0
+    vicreg_covariance_weight: float = 0.0
 
     def check(self, err):
         for key in ("latent_dim", "predictor_hidden", "action_embed", "reward_hidden"):
@@ -374,8 +379,9 @@ class WorldModelConfig:
         for key in ("ema_momentum", "ema_momentum_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 err(key, "must be within [0, 1]")
-        if self.collapse_spread < 0:
-            err("collapse_spread", "must be >= 0")
+        for key in ("collapse_spread", "vicreg_variance_weight", "vicreg_covariance_weight"):
+            if getattr(self, key) < 0:
+                err(key, "must be >= 0")
 
 
 @dataclass

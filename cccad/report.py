@@ -167,17 +167,22 @@ class Report:
         """One table of every part's rows (label cells, runs over seeds, view of their metrics), then
         the plots: curves and bars over the rows, each part's run images."""
         first = parts[0][1]
+        # views of per-variant runs get a variant cell after the env; a named row, its variant after the name
+        by_variant = first.views is not None and any(v for stage, _ in parts for _, v in groups(self.runs, stage))
         rows = []
         for stage, sec in parts:
             for (env, variant), rs in groups(self.runs, stage).items():
                 if sec.views is None:
-                    rows.append(([env] + ([sec.row or variant or ""] if len(sec.labels) > 1 else []), rs, dict))
+                    name = f"{sec.row}, {variant}" if sec.row and variant else sec.row or variant or ""
+                    rows.append(([env] + ([name] if len(sec.labels) > 1 else []), rs, dict))
                     continue
                 keys = dict.fromkeys(k for r in rs if r.metrics for k in sec.views(r.metrics))
                 for key in keys or [("–",) * (len(sec.labels) - 1)]:
-                    rows.append(([env, *key], rs, lambda m, key=key, views=sec.views: views(m).get(key, {})))
+                    rows.append(([env, *([variant or ""] if by_variant else []), *key], rs,
+                                 lambda m, key=key, views=sec.views: views(m).get(key, {})))
         self.heading(first.title, first.text)
-        self.lines += stat_table(rows, first.columns, list(first.labels))
+        labels = [first.labels[0], *(["variant"] if by_variant else []), *first.labels[1:]]
+        self.lines += stat_table(rows, first.columns, labels)
         for plot in first.plots:
             if isinstance(plot, Curves):
                 self.curves(plot, rows)

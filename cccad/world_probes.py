@@ -52,20 +52,27 @@ def in_chunks(fn, samples: dict, dev, chunk: int = 256) -> list:
 
 def score_decoder(cfg: Config, data: Transitions, decode, run_dir: Path, name: str, log=print) -> dict:
     """Held-out L1 of `decode(batch)`'s next frames (clamped to [0, 1]) beside two floors, the mean
-    training frame and copying the current frame (the newest of state), and a PNG of real vs
-    decoded frames."""
+    training frame and copying the current frame (the newest of state), over all pixels and over
+    the pixels that change between the two frames (where a copy is all error); the change skill,
+    1 - decoder / copy on those pixels (copying scores 0, a perfect decoder 1); and a PNG of real
+    vs decoded frames."""
     samples = data.scoring_set(cfg.seed, cfg.probe.val_samples)
     target, c = next_frame(samples), samples["frame_channels"]
     decoded = torch.cat([as_frames(out).cpu() for out in in_chunks(decode, samples, device())])
     current = samples["state"][:, -c:].float() / 255.0
-    scores = {"decoder_l1": float(F.l1_loss(decoded, target)),
-              "mean_frame_l1": float(F.l1_loss(data.mean_frame(cfg.seed).expand_as(target), target)),
-              "copy_frame_l1": float(F.l1_loss(current, target))}
+    mean = data.mean_frame(cfg.seed).expand_as(target)
+    changed = current != target
+    scores = {"decoder_l1": float(F.l1_loss(decoded, target)), "mean_frame_l1": float(F.l1_loss(mean, target)),
+              "copy_frame_l1": float(F.l1_loss(current, target)), "changed_pixel_share": float(changed.float().mean())}
+    if changed.any():
+        on_changed = {k: float((guess - target).abs()[changed].mean())
+                      for k, guess in (("decoder", decoded), ("mean_frame", mean), ("copy_frame", current))}
+        scores.update({f"{k}_changed_l1": v for k, v in on_changed.items()},
+                      change_skill=1.0 - on_changed["decoder"] / on_changed["copy_frame"])
     n = min(8, len(decoded))
     frame_grid(Path(run_dir) / DECODED_FRAMES, {"real next frame": target[:n].numpy(), name: decoded[:n].numpy()},
                f"{name}: held-out next frames (L1 {scores['decoder_l1']:.4f})")
-    log(f"{name}: held-out next-frame L1 {scores['decoder_l1']:.4f} (mean frame {scores['mean_frame_l1']:.4f}, "
-        f"copy current frame {scores['copy_frame_l1']:.4f}) on {len(decoded)} transitions")
+    log(f"{name}: {decoding_summary(scores)} on {len(decoded)} transitions")
     return {**scores, "val_samples": len(decoded)}
 
 
@@ -73,17 +80,46 @@ def decoding_section(model: str) -> Section:
     """The report's table of next-frame decoders (both decoder stages' rows: `model` names one)."""
     return Section(
         "Next-frame decoding", "Mean absolute error (pixels in [0, 1]) of the decoded next frame on held-out "
-        "transitions, against two floors: copying the current frame, and the mean frame.",
+        "transitions, against two floors: copying the current frame, and the mean frame; over all pixels and over "
+        "the pixels that change between the frames. Change skill: 1 - decoder / copy on the changed pixels (copying "
+        "scores 0, a perfect decoder 1, below 0 is worse than copying).",
         (Column("decoder L1", lambda m: m["decoder_l1"], 4), Column("copy-frame L1", lambda m: m["copy_frame_l1"], 4),
-         Column("mean-frame L1", lambda m: m["mean_frame_l1"], 4)), labels=("env", "model"), row=model,
+         Column("mean-frame L1", lambda m: m["mean_frame_l1"], 4),
+         Column("changed: decoder L1", lambda m: m.get("decoder_changed_l1"), 4),
+         Column("changed: copy L1", lambda m: m.get("copy_frame_changed_l1"), 4),
+         Column("changed: mean-frame L1", lambda m: m.get("mean_frame_changed_l1"), 4),
+         Column("change skill", lambda m: m.get("change_skill"), 3),
+         Column("changed pixels", lambda m: m.get("changed_pixel_share"), 4)), labels=("env", "model"), row=model,
         plots=(Bars("decoder_probe", "held-out next-frame L1", "L1", values=lambda m: {"": m["decoder_l1"]},
                     floor=lambda m: m["copy_frame_l1"], floor_label="copy current frame"),
+               Bars("decoder_change_skill", "held-out change skill (1 - decoder / copy L1 on changed pixels)",
+                    "change skill", values=lambda m: {"": m.get("change_skill")}, floor=lambda m: 0.0,
+                    floor_label="copy current frame"),
                RunImage(DECODED_FRAMES, f"real and decoded next frames, {model}")))
 
 
 def decoding_summary(m: dict) -> str:
+    changed = (f"; on changed pixels ({m['changed_pixel_share']:.2%}) {m['decoder_changed_l1']:.4f} against copy "
+               f"{m['copy_frame_changed_l1']:.4f}: change skill {m['change_skill']:.3f}") if "change_skill" in m else ""
     return (f"held-out next-frame L1 {m['decoder_l1']:.4f} (mean frame {m['mean_frame_l1']:.4f}, copy current "
-            f"frame {m['copy_frame_l1']:.4f})")
+            f"frame {m['copy_frame_l1']:.4f}){changed}")
+
+
+def detection(score: torch.Tensor, event: torch.Tensor) -> dict:
+    """How well `score` picks out the transitions where `event` holds: ROC AUC (the chance that an
+    event scores above a non-event, ties half; 0.5 is chance) and average precision (the precision
+    at each event's rank, ties in data order, averaged; chance is the events' share). None without both kinds."""
+    score, event = score.double().numpy(), event.numpy().astype(bool)
+    n_pos, n_neg = int(event.sum()), int((~event).sum())
+    if not n_pos or not n_neg:
+        return {"auc": None, "average_precision": None}
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, ties share their mean rank
+    auc = (ranks[event].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    order = np.argsort(-score, kind="stable")
+    hits = np.cumsum(event[order])
+    precision_at_hits = hits[event[order]] / (np.flatnonzero(event[order]) + 1)
+    return {"auc": float(auc), "average_precision": float(precision_at_hits.mean())}
 
 
 # ----------------------------------------------------------------------------- reward probe
@@ -97,19 +133,61 @@ def reward_section(dynamics: bool) -> Section:
     """The report's table of reward probes: a row per encoder and next latent (true or predicted)."""
     kind = "predicted" if dynamics else "true"
     return Section(
-        "Reward probes", "MSE of the reward predicted from frozen latents (z_t and the true or the predicted "
-        "z_{t+1}) on held-out transitions, against always predicting the mean training reward.",
+        "Reward probes", "The reward predicted from frozen latents (z_t and the true or the predicted z_{t+1}) on "
+        "held-out transitions. MSE overall, on the rewarded (reward > 0) and on the unrewarded transitions, each "
+        "beside its floor: always predicting the mean training reward. As a detector of reward events (reward > 0) "
+        "by the predicted reward: ROC AUC (chance 0.5) and average precision (chance: the rewarded share).",
         (Column("reward MSE", lambda m: m.get("reward_mse"), 4), Column("mean-reward floor", lambda m: m["mean_reward_mse"], 4),
+         Column("MSE rewarded", lambda m: m.get("reward_mse_on_rewarded"), 3),
+         Column("floor rewarded", lambda m: m.get("mean_reward_mse_on_rewarded"), 3),
+         Column("MSE unrewarded", lambda m: m.get("reward_mse_on_unrewarded"), 4),
+         Column("floor unrewarded", lambda m: m.get("mean_reward_mse_on_unrewarded"), 4),
+         Column("reward AUC", lambda m: m.get("auc"), 3), Column("average precision", lambda m: m.get("average_precision"), 3),
+         Column("rewarded share", lambda m: m.get("val_rewarded_share"), 4),
          Column("rewarded held-out transitions", lambda m: m.get("val_rewarded"), 0)),
         labels=("env", "encoder", "next latent"),
         views=lambda m: {(enc, kind): {**m, **s} for enc, s in m["per_encoder"].items()},
         plots=(Bars("reward_probe", "held-out reward MSE", "MSE", values=lambda m: {"": m.get("reward_mse")},
-                    floor=lambda m: m["mean_reward_mse"], floor_label="mean-reward floor"),))
+                    floor=lambda m: m["mean_reward_mse"], floor_label="mean-reward floor"),
+               Bars("reward_auc", "held-out reward-event detection (ROC AUC)", "AUC", values=lambda m: {"": m.get("auc")},
+                    floor=lambda m: 0.5, floor_label="chance")))
+
+
+def jepa_against_encoder_decoder(dynamics: bool) -> Section:
+    """The report's paired differences, per seed within a run: the JEPA's head less the
+    encoder-decoder's, on the same held-out transitions."""
+    kind = "predicted" if dynamics else "true"
+
+    def differences(m: dict) -> dict:
+        jepa, ed = m["per_encoder"].get("jepa"), m["per_encoder"].get("encoder_decoder")
+        if not (jepa and ed):
+            return {}
+        return {("JEPA - encoder-decoder", kind): {k: jepa[k] - ed[k] for k in jepa
+                                                  if jepa[k] is not None and ed.get(k) is not None}}
+    return Section(
+        "Reward probes: JEPA against the encoder-decoder", "Per seed, on the same held-out transitions, the JEPA "
+        "latents' reward head less the encoder-decoder latents' (negative MSE and positive AUC favour the JEPA); "
+        "mean ± 95% interval over seeds.",
+        (Column("reward MSE", lambda m: m.get("reward_mse"), 4), Column("MSE rewarded", lambda m: m.get("reward_mse_on_rewarded"), 3),
+         Column("MSE unrewarded", lambda m: m.get("reward_mse_on_unrewarded"), 4), Column("reward AUC", lambda m: m.get("auc"), 3),
+         Column("average precision", lambda m: m.get("average_precision"), 3)),
+        labels=("env", "difference", "next latent"), views=differences)
+
+
+# what a study's comparisons between JEPA variants compare, of both reward probes
+REWARD_COMPARED = (Column("JEPA reward MSE", lambda m: m["per_encoder"]["jepa"]["reward_mse"], 4),
+                   Column("JEPA reward AUC", lambda m: m["per_encoder"]["jepa"]["auc"]))
+
+
+def reward_report(dynamics: bool) -> tuple[Section, ...]:
+    return reward_section(dynamics), jepa_against_encoder_decoder(dynamics)
 
 
 def reward_summary(m: dict) -> str:
-    return ("held-out reward MSE " + ", ".join(f"{k} {v['reward_mse']:.4f}" for k, v in m["per_encoder"].items())
-            + f" (mean-reward floor {m['mean_reward_mse']:.4f})")
+    auc = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return ("held-out reward MSE " + ", ".join(f"{k} {v['reward_mse']:.4f} (AUC {auc(v.get('auc'))})"
+                                              for k, v in m["per_encoder"].items())
+            + f" (mean-reward floor {m['mean_reward_mse']:.4f}, AUC chance 0.5)")
 
 
 def reward_probe_decided_by(cfg: Config, dynamics: bool) -> dict:
@@ -159,8 +237,10 @@ def reward_objective(cfg: Config, data: Transitions, dynamics: bool):
 
 
 def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
-    """Train the reward heads, then score them on the held-out transitions in reward units,
-    overall and on the rewarded ones, beside the floor of always predicting the mean training reward."""
+    """Train the reward heads, then score them on the held-out transitions in reward units:
+    MSE overall, on the rewarded (reward > 0) and on the unrewarded ones, each beside the floor of
+    always predicting the mean training reward; and the predicted reward as a detector of reward
+    events (AUC, average precision)."""
     data = open_transitions(cfg)
     obj, latents, mean, scale = reward_objective(cfg, data, dynamics)
     heads = obj.model
@@ -175,16 +255,22 @@ def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
                                    for name, (z, z_next) in latents(b).items()}, samples, device())
     predicted = {name: torch.cat([out[name] for out in outputs]) for name in WEIGHTS}
     reward = samples["reward"].float()
-    rewarded = reward != 0
-    scores = {name: {"reward_mse": float(F.mse_loss(p, reward)),
-                     "reward_mse_on_rewarded": float(F.mse_loss(p[rewarded], reward[rewarded])) if rewarded.any() else None}
+    rewarded = reward > 0
+    subsets = {"": torch.ones_like(rewarded), "_on_rewarded": rewarded, "_on_unrewarded": ~rewarded}
+
+    def mse(p, subset):
+        return float(F.mse_loss(p[subset], reward[subset])) if subset.any() else None
+
+    constant = torch.full_like(reward, mean)
+    floors = {f"mean_reward_mse{k}": mse(constant, subset) for k, subset in subsets.items()}
+    scores = {name: {**{f"reward_mse{k}": mse(p, subset) for k, subset in subsets.items()}, **detection(p, rewarded)}
               for name, p in predicted.items()}
-    floor = float(F.mse_loss(torch.full_like(reward, mean), reward))
     bar_plot(Path(run_dir) / REWARD_PLOT, {name: s["reward_mse"] for name, s in scores.items()},
-             f"reward probe, {kind} next latent (held-out)", "MSE", hline=floor, hline_label="mean-reward floor")
-    log(f"reward probe ({kind} next latent), held-out MSE: " + ", ".join(
-        f"{name} {s['reward_mse']:.4f}" for name, s in scores.items()) + f"; mean-reward floor {floor:.4f} "
-        f"on {len(reward)} transitions ({int(rewarded.sum())} rewarded)")
-    return {**result, "next_latent": kind, "per_encoder": scores, "mean_reward_mse": floor,
-            "val_samples": len(reward), "val_rewarded": int(rewarded.sum()),
-            "reward_mean": mean, "reward_scale": scale, "val_reward_mean": float(np.mean(reward.numpy()))}
+             f"reward probe, {kind} next latent (held-out)", "MSE", hline=floors["mean_reward_mse"],
+             hline_label="mean-reward floor")
+    result = {**result, "next_latent": kind, "per_encoder": scores, **floors, "val_samples": len(reward),
+              "val_rewarded": int(rewarded.sum()), "val_rewarded_share": float(rewarded.float().mean()),
+              "reward_mean": mean, "reward_scale": scale, "val_reward_mean": float(np.mean(reward.numpy()))}
+    log(f"reward probe ({kind} next latent), {reward_summary(result)}, on {len(reward)} transitions "
+        f"({int(rewarded.sum())} rewarded)")
+    return result

@@ -44,9 +44,10 @@ TASKS = [("collect", "dr", "collect-darkroom-seed0"), ("pretrain_encoder", "dr",
          ("train", "dr", f"train-{V}-darkroom-seed0"), ("evaluate", "dr", f"evaluate-{V}-darkroom-seed0"),
          ("probe", "dr", f"probe-{V}-darkroom-seed0"), ("collect", "wm", "collect-assault-seed0"),
          ("train_encoder_decoder", "wm", "train-encoder-decoder-assault-seed0"),
-         ("train_jepa", "wm", "train-jepa-assault-seed0"), ("train_jepa_decoder", "wm", "train-jepa-decoder-assault-seed0"),
-         ("train_reward_predictor", "wm", "train-reward-predictor-assault-seed0"),
-         ("train_dynamics_reward_predictor", "wm", "train-dynamics-reward-predictor-assault-seed0")]
+         ("train_jepa", "wm", "train-jepa-JEPA-assault-seed0"),
+         ("train_jepa_decoder", "wm", "train-jepa-decoder-JEPA-assault-seed0"),
+         ("train_reward_predictor", "wm", "train-reward-predictor-JEPA-assault-seed0"),
+         ("train_dynamics_reward_predictor", "wm", "train-dynamics-reward-predictor-JEPA-assault-seed0")]
 # what a rerun may change: timings, whether it resumed or reused, what one process of it counted
 VOLATILE = re.compile(r"(seconds|per_s|resumed_from|reused|this_process)$")
 
@@ -200,19 +201,19 @@ CORRUPTIONS = [
     ("dataset array truncated", "dr", "collect-darkroom-seed0", "dataset/states.npy", truncate,
      "train", f"train-{V}-darkroom-seed0", "inputs.dataset={}/dataset", "(truncated or corrupt)"),
     ("dataset array, one byte flipped", "wm", "collect-assault-seed0", "dataset/frames.npy", flip_byte,
-     "train_jepa", "train-jepa-assault-seed0", "inputs.dataset={}/dataset", "checksum mismatch (corrupt)"),
+     "train_jepa", "train-jepa-JEPA-assault-seed0", "inputs.dataset={}/dataset", "checksum mismatch (corrupt)"),
     ("dataset manifest truncated", "dr", "collect-darkroom-seed0", "dataset/manifest.json", truncate,
      "pretrain_encoder", "pretrain-encoder-darkroom-seed0", "inputs.dataset={}/dataset", "manifest is not valid JSON"),
     ("dataset manifest counting more than its arrays hold", "wm", "collect-assault-seed0", "dataset/manifest.json",
-     inflate_counts, "train_jepa", "train-jepa-assault-seed0", "inputs.dataset={}/dataset",
+     inflate_counts, "train_jepa", "train-jepa-JEPA-assault-seed0", "inputs.dataset={}/dataset",
      "counts say transitions="),
     ("final model truncated", "dr", f"train-{V}-darkroom-seed0", "model.pt", truncate,
      "evaluate", f"evaluate-{V}-darkroom-seed0", "inputs.train_run={}", "unreadable checkpoint"),
     ("pre-trained encoder, one byte flipped", "dr", "pretrain-encoder-darkroom-seed0", "encoder-pretrained-final.pt",
      flip_byte, "train", f"train-{V}-darkroom-seed0", "inputs.pretrained_encoder_path={}/encoder-pretrained-final.pt",
      "checksum mismatch"),
-    ("world-model weights truncated", "wm", "train-jepa-assault-seed0", "weights/jepa/model.pt", truncate,
-     "train_reward_predictor", "train-reward-predictor-assault-seed0", "inputs.jepa_run={}", "unreadable checkpoint"),
+    ("world-model weights truncated", "wm", "train-jepa-JEPA-assault-seed0", "weights/jepa/model.pt", truncate,
+     "train_reward_predictor", "train-reward-predictor-JEPA-assault-seed0", "inputs.jepa_run={}", "unreadable checkpoint"),
     ("PPO agent truncated", "wm", "collect-assault-seed0", "agent/ppo_policy.pt", truncate,
      "collect", "collect-assault-seed0", None, "unreadable checkpoint"),
 ]
@@ -277,7 +278,7 @@ def bad_inputs(root: Path, studies: dict) -> list[tuple[str, list, str]]:
     train_cfg = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
     eval_cfg = studies["dr"] / ".tasks" / f"evaluate-{V}-darkroom-seed0.yaml"
     collect_wm = studies["wm"] / ".tasks" / "collect-assault-seed0.yaml"
-    decoder_cfg = studies["wm"] / ".tasks" / "train-jepa-decoder-assault-seed0.yaml"
+    decoder_cfg = studies["wm"] / ".tasks" / "train-jepa-decoder-JEPA-assault-seed0.yaml"
     runs = ["--runs", root / "runs"]
     out = ["--out", root / "runs" / "out"]
     return [

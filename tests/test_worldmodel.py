@@ -29,27 +29,27 @@ def metrics(study, name):
 
 def test_graph_runs_every_stage_with_the_seed_output_folders(study):
     file, root, proc = study
-    assert proc.stdout.count("[done]") == 6
+    assert proc.stdout.count("[done]") == 10  # collect, encoder-decoder, and 4 stages per JEPA variant
     for path in ("train-encoder-decoder-assault-seed0/weights/encoder_decoder/model.pt",
-                 "train-jepa-assault-seed0/weights/jepa/model.pt",
-                 "train-jepa-decoder-assault-seed0/weights/jepa_decoder/model.pt",
-                 "train-reward-predictor-assault-seed0/weights/jepa/reward_predictor/model.pt",
-                 "train-reward-predictor-assault-seed0/weights/encoder_decoder/reward_predictor/model.pt",
-                 "train-dynamics-reward-predictor-assault-seed0/weights/jepa/dynamics_reward_predictor/model.pt",
-                 "train-dynamics-reward-predictor-assault-seed0/weights/encoder_decoder/dynamics_reward_predictor/model.pt",
-                 "train-jepa-decoder-assault-seed0/decoded_frames.png",
-                 "train-reward-predictor-assault-seed0/reward_mse.png"):
+                 "train-jepa-JEPA-assault-seed0/weights/jepa/model.pt",
+                 "train-jepa-decoder-JEPA-assault-seed0/weights/jepa_decoder/model.pt",
+                 "train-reward-predictor-JEPA-assault-seed0/weights/jepa/reward_predictor/model.pt",
+                 "train-reward-predictor-JEPA-assault-seed0/weights/encoder_decoder/reward_predictor/model.pt",
+                 "train-dynamics-reward-predictor-JEPA-assault-seed0/weights/jepa/dynamics_reward_predictor/model.pt",
+                 "train-dynamics-reward-predictor-JEPA-assault-seed0/weights/encoder_decoder/dynamics_reward_predictor/model.pt",
+                 "train-jepa-decoder-JEPA-assault-seed0/decoded_frames.png",
+                 "train-reward-predictor-JEPA-assault-seed0/reward_mse.png"):
         assert (root / path).is_file(), path
-    state = torch.load(root / "train-jepa-assault-seed0/weights/jepa/model.pt", weights_only=True)
+    state = torch.load(root / "train-jepa-JEPA-assault-seed0/weights/jepa/model.pt", weights_only=True)
     assert {"encoder_state_dict", "predictor_state_dict", "target_encoder_state_dict"} <= set(state)
     # probes report held-out metrics beside their floors
-    dec = metrics(study, "train-jepa-decoder-assault-seed0")
+    dec = metrics(study, "train-jepa-decoder-JEPA-assault-seed0")
     assert 0 < dec["decoder_l1"] < 1 and 0 < dec["mean_frame_l1"] < 1 and dec["val_samples"] == 128
     for stage in ("train-reward-predictor", "train-dynamics-reward-predictor"):
-        m = metrics(study, f"{stage}-assault-seed0")
+        m = metrics(study, f"{stage}-JEPA-assault-seed0")
         assert set(m["per_encoder"]) == {"jepa", "encoder_decoder"} and m["mean_reward_mse"] >= 0
     again = cccad("local", file, "--runs", root.parent)
-    assert again.stdout.count("[cached]") == 6
+    assert again.stdout.count("[cached]") == 10
 
 
 def test_collector_records_what_the_env_gave(study):
@@ -116,7 +116,7 @@ def test_second_collect_loads_and_the_agent_is_reused(study, tmp_path):
 
 
 def test_losses_fall(study):
-    for name in ("train-encoder-decoder", "train-jepa", "train-jepa-decoder"):
+    for name in ("train-encoder-decoder", "train-jepa-JEPA", "train-jepa-decoder-JEPA"):
         h = metrics(study, f"{name}-assault-seed0")["history"]
         first, last = h[0]["loss"], np.mean([r["loss"] for r in h[-3:]])
         assert last < 0.7 * first, (name, first, last)
@@ -128,7 +128,7 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
     measured on a fixed set of 512 training transitions, before and after training: it must end
     below always predicting the mean reward."""
     task = "train-dynamics-reward-predictor" if dynamics else "train-reward-predictor"
-    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=500", "probe.lr=0.003"])
+    cfg = load_config(study[1] / ".tasks" / f"{task}-JEPA-assault-seed0.yaml", ["probe.steps=500", "probe.lr=0.003"])
     data = open_transitions(cfg)
     obj, _, mean, scale = reward_objective(cfg, data, dynamics)
     fixed = data.batch(data.train_ids[:512])
@@ -145,13 +145,13 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
 
 
 def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path):
-    cfg = load_config(study[1] / ".tasks" / "train-jepa-assault-seed0.yaml",
+    cfg = load_config(study[1] / ".tasks" / "train-jepa-JEPA-assault-seed0.yaml",
                       ["train.steps=6", "train.num_warmup_steps=2", "train.checkpoint_every=1", "world_model.ema_momentum=0.9",
                        "world_model.ema_momentum_end=0.5"])
     data = open_transitions(cfg)
     model = train_jepa.build(cfg, data.n_actions)
     assert not any(p.requires_grad for p in model.target_encoder.parameters())
-    loss, _ = train_jepa.loss(model, data.train_batch(np.random.default_rng(0), 8, slice(None), 0))
+    loss, _ = train_jepa.objective(cfg)(model, data.train_batch(np.random.default_rng(0), 8, slice(None), 0))
     loss.backward()
     assert all(p.grad is None for p in model.target_encoder.parameters())
     assert all(p.grad is not None for p in model.encoder.parameters())
@@ -179,7 +179,7 @@ def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path)
 def test_frozen_nets_stay_bit_identical_through_probe_training(study, tmp_path, stage):
     task = {"jepa_decoder": "train-jepa-decoder", "reward": "train-reward-predictor",
             "dynamics_reward": "train-dynamics-reward-predictor"}[stage]
-    cfg = load_config(study[1] / ".tasks" / f"{task}-assault-seed0.yaml", ["probe.steps=15"])
+    cfg = load_config(study[1] / ".tasks" / f"{task}-JEPA-assault-seed0.yaml", ["probe.steps=15"])
     data = open_transitions(cfg)
     if stage == "jepa_decoder":
         obj, _ = train_jepa_decoder.objective(cfg, data)
@@ -192,7 +192,7 @@ def test_frozen_nets_stay_bit_identical_through_probe_training(study, tmp_path, 
         assert torch.equal(v, frozen_before[k]), k
     assert any(not torch.equal(v, trained_before[k]) for k, v in obj.model.state_dict().items())
     # and they are the trained nets, as saved by their runs
-    saved = torch.load(study[1] / "train-jepa-assault-seed0/weights/jepa/model.pt", weights_only=True)
+    saved = torch.load(study[1] / "train-jepa-JEPA-assault-seed0/weights/jepa/model.pt", weights_only=True)
     prefix = "" if stage == "jepa_decoder" else "jepa."
     for k, v in saved["encoder_state_dict"].items():
         assert torch.equal(obj.frozen.state_dict()[f"{prefix}encoder.{k}"], v)
@@ -228,3 +228,81 @@ def test_models_shapes():
     frames = as_frames(out)
     assert out.shape == frames.shape == (3, 1, 64, 64) and 0 <= frames.min() and frames.max() <= 1
     assert rew(z, z).shape == (3,) and not math.isnan(float(rew(z, z).sum()))
+
+
+def test_decoders_are_scored_on_the_pixels_that_change(study, tmp_path):
+    """A decoder that copies the current frame scores change skill 0, a perfect one 1; the L1 on
+    changed pixels of the copy is the copy's whole error over the changed share."""
+    from cccad.models.world_model import next_frame
+    from cccad.world_probes import score_decoder
+    cfg = load_config(study[1] / ".tasks" / "train-jepa-decoder-JEPA-assault-seed0.yaml")
+    data = open_transitions(cfg)
+    copy = score_decoder(cfg, data, lambda b: b["state"][:, -b["frame_channels"]:].float() / 255.0, tmp_path, "copy",
+                         log=lambda *_: None)
+    assert 0 < copy["changed_pixel_share"] < 1 and copy["change_skill"] == 0.0
+    assert copy["decoder_l1"] == copy["copy_frame_l1"] > 0
+    assert math.isclose(copy["copy_frame_changed_l1"] * copy["changed_pixel_share"], copy["copy_frame_l1"], rel_tol=1e-4)
+    perfect = score_decoder(cfg, data, next_frame, tmp_path, "perfect", log=lambda *_: None)
+    assert perfect["decoder_l1"] == 0.0 and perfect["change_skill"] == 1.0
+    assert perfect["mean_frame_changed_l1"] == copy["mean_frame_changed_l1"] > 0
+
+
+def test_reward_detection_scores_match_their_definitions():
+    from cccad.world_probes import detection
+    rng = np.random.default_rng(0)
+    event = torch.from_numpy(rng.random(300) < 0.1)
+    score = torch.from_numpy(np.round(rng.normal(size=300) + 1.5 * event.numpy(), 1))  # rounded: ties
+    got = detection(score, event)
+    pos, neg = score[event], score[~event]
+    pairs = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    assert math.isclose(got["auc"], float(pairs.mean()), rel_tol=1e-12) and 0.7 < got["auc"] < 1
+    assert detection(event.double(), event) == {"auc": 1.0, "average_precision": 1.0}
+    assert detection(-event.double(), event)["auc"] == 0.0
+    assert detection(score, torch.zeros(300, dtype=torch.bool)) == {"auc": None, "average_precision": None}
+    ranked = torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.tensor([True, False, True, False])
+    assert math.isclose(detection(*ranked)["average_precision"], (1 / 1 + 2 / 3) / 2)
+
+
+def test_reward_probes_report_rewarded_unrewarded_and_detection(study):
+    for stage in ("train-reward-predictor", "train-dynamics-reward-predictor"):
+        m = metrics(study, f"{stage}-JEPA-assault-seed0")
+        assert 0 < m["val_rewarded"] < m["val_samples"] and m["val_rewarded_share"] == m["val_rewarded"] / m["val_samples"]
+        # the floor splits into its parts, weighted by their shares
+        share = m["val_rewarded_share"]
+        assert math.isclose(m["mean_reward_mse"], share * m["mean_reward_mse_on_rewarded"]
+                            + (1 - share) * m["mean_reward_mse_on_unrewarded"], rel_tol=1e-4)
+        for enc in ("jepa", "encoder_decoder"):
+            s = m["per_encoder"][enc]
+            assert 0 <= s["auc"] <= 1 and share <= 1 and 0 < s["average_precision"] <= 1
+            assert math.isclose(s["reward_mse"], share * s["reward_mse_on_rewarded"]
+                                + (1 - share) * s["reward_mse_on_unrewarded"], rel_tol=1e-4)
+
+
+def test_vicreg_terms_and_the_jepa_variants(study):
+    from cccad.stages.train_jepa import vicreg_terms
+    collapsed = torch.ones(64, 16)
+    variance, covariance = vicreg_terms(collapsed)
+    assert math.isclose(variance.item(), 1 - 0.01, rel_tol=1e-5) and covariance.item() == 0.0
+    spread = torch.from_numpy(np.random.default_rng(0).normal(size=(4096, 16))).float() * 2
+    variance, covariance = vicreg_terms(spread)
+    assert variance.item() == 0.0 and covariance.item() < 0.1  # sampling noise: 240 x (4 / 64)^2 / 16
+    correlated = torch.cat([spread[:, :1]] * 16, dim=1)  # every dim the same: covariance 4 off the diagonal
+    assert math.isclose(vicreg_terms(correlated)[1].item(), 16 * 15 * 4 ** 2 / 16, rel_tol=0.1)
+    # the seed's JEPA trains without the terms (logged only), the VICReg variant with them; each
+    # variant's probes read its own JEPA and the one encoder-decoder
+    for variant, weight in (("JEPA", 0.0), ("JEPA-VICReg", 1.0)):
+        cfg = run_config(study, f"train-jepa-{variant}-assault-seed0")
+        assert cfg.world_model.vicreg_variance_weight == weight
+        row = metrics(study, f"train-jepa-{variant}-assault-seed0")["history"][-1]
+        extra = weight * row["variance_loss"] + cfg.world_model.vicreg_covariance_weight * row["covariance_loss"]
+        assert math.isclose(row["loss"], row["prediction_loss"] + extra, rel_tol=1e-4), row
+        probe = run_config(study, f"train-reward-predictor-{variant}-assault-seed0")
+        assert probe.inputs.jepa_run.endswith(f"train-jepa-{variant}-assault-seed0")
+        assert probe.inputs.encoder_decoder_run.endswith("train-encoder-decoder-assault-seed0")
+    # the terms do what they are for: at the end the seed's latents have collapsed, the variant's have not
+    spread = {v: np.mean([r["latent_spread"] for r in metrics(study, f"train-jepa-{v}-assault-seed0")["history"][-3:]])
+              for v in ("JEPA", "JEPA-VICReg")}
+    assert spread["JEPA"] < 0.05 and spread["JEPA-VICReg"] > 10 * spread["JEPA"], spread
+    report = (study[1] / "report" / "report.md").read_text()
+    assert "| assault | JEPA-VICReg - JEPA | JEPA reward AUC (train_reward_predictor) |" in report
+    assert "Reward probes: JEPA against the encoder-decoder" in report and "| assault | JEPA-VICReg | jepa | true |" in report

@@ -7,18 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from cccad.config import Config
-from cccad.world_probes import (require_inputs, reward_probe_decided_by, reward_probe_valid, reward_section,
-                                reward_summary, run_reward_probe)
+from cccad.world_probes import (REWARD_COMPARED, require_inputs, reward_probe_decided_by, reward_probe_valid,
+                                reward_report, reward_summary, run_reward_probe)
 
 NEEDS = ("collect", "train_encoder_decoder", "train_jepa")
 INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train_encoder_decoder": ("inputs.encoder_decoder_run", "."),
               "train_jepa": ("inputs.jepa_run", ".")}
-PER_VARIANT = False
+PER_VARIANT = True
 FAMILIES = ("atari",)
 TRAINS = True
 DYNAMICS = True  # the predicted next latent
 
-REPORT = (reward_section(DYNAMICS),)
+REPORT = reward_report(DYNAMICS)
+COMPARED = REWARD_COMPARED
 summary = reward_summary
 
 

@@ -3,10 +3,12 @@ EMA target encoder's latent of the real next state. No decoder. After every opti
 target moves toward the encoder: target = m * target + (1 - m) * encoder, with m going linearly
 from world_model.ema_momentum to ema_momentum_end. The target never receives gradients.
 
-Collapse guard: the loss is trivially zero if every state maps to one latent, so the latents'
-std across the batch is logged (`train/latent_std`), and their spread (that std over the latents'
-RMS, scale-free: `train/latent_spread`); a warning is printed when the spread falls below
-world_model.collapse_spread.
+Collapse: the loss is trivially zero if every state maps to one latent. The seed's objective has
+no guard against it; world_model.vicreg_variance_weight and vicreg_covariance_weight add VICReg's
+terms on the online latents (a study variant, JEPA-VICReg): keep each latent dim's std across the
+batch at 1 or more, and the dims uncorrelated. Either way the latents' std across the batch is
+logged (`train/latent_std`), and their spread (that std over the latents' RMS, scale-free:
+`train/latent_spread`); a warning is printed when the spread falls below world_model.collapse_spread.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from cccad.world_probes import require_inputs, trained_by
 
 NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("inputs.dataset", "dataset")}
-PER_VARIANT = False
+PER_VARIANT = True
 FAMILIES = ("atari",)
 TRAINS = True
 PARTS = ("encoder", "predictor", "target_encoder")
@@ -37,7 +39,10 @@ REPORT = (Section(
     "step: a spread falling toward zero is representation collapse.",
     (Column("first spread", lambda m: m.get("first_latent_spread"), 4),
      Column("final spread", lambda m: m.get("final_latent_spread"), 4),
-     Column("collapse warnings", lambda m: len(m.get("collapse_warnings") or []), 0)), labels=("env",)),)
+     Column("collapse warnings", lambda m: len(m.get("collapse_warnings") or []), 0))),)
+
+
+COMPARED = (Column("final latent spread", lambda m: m.get("final_latent_spread"), 4),)
 
 
 def summary(m: dict) -> str:
@@ -64,14 +69,37 @@ def build(cfg: Config, n_actions: int) -> nn.ModuleDict:
                           "target_encoder": target})
 
 
-def loss(model, batch):
-    z = model.encoder(batch["state"])
-    z_hat = model.predictor(z, batch["action"])
-    with torch.no_grad():
-        target = model.target_encoder(batch["next_state"])
-    z = z.detach()
-    return F.l1_loss(z_hat.float(), target.float()), {"latent_std": latent_std(z), "latent_spread": latent_spread(z),
-                                                      "target_std": latent_std(target)}
+def vicreg_terms(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's variance (mean over dims of max(0, 1 - std across the batch)) and covariance (the
+    squared off-diagonal covariances, over the dims) of a batch of latents."""
+    z = z.float()
+    std = torch.sqrt(z.var(dim=0) + 1e-4)
+    centred = z - z.mean(dim=0)
+    cov = centred.T @ centred / max(1, len(z) - 1)
+    off_diagonal = cov - torch.diag(torch.diagonal(cov))
+    return F.relu(1.0 - std).mean(), off_diagonal.pow(2).sum() / z.shape[1]
+
+
+def objective(cfg: Config):
+    """The JEPA loss: L1 from the predicted to the target's next latent, plus the VICReg terms at
+    their weights."""
+    wm = cfg.world_model
+
+    def loss(model, batch):
+        z = model.encoder(batch["state"])
+        z_hat = model.predictor(z, batch["action"])
+        with torch.no_grad():
+            target = model.target_encoder(batch["next_state"])
+        prediction = F.l1_loss(z_hat.float(), target.float())
+        variance, covariance = vicreg_terms(z)
+        total = prediction
+        if wm.vicreg_variance_weight or wm.vicreg_covariance_weight:
+            total = total + wm.vicreg_variance_weight * variance + wm.vicreg_covariance_weight * covariance
+        z = z.detach()
+        return total, {"prediction_loss": prediction.detach(), "variance_loss": variance.detach(),
+                       "covariance_loss": covariance.detach(), "latent_std": latent_std(z),
+                       "latent_spread": latent_spread(z), "target_std": latent_std(target)}
+    return loss
 
 
 def momentum(cfg: Config, step: int) -> float:
@@ -103,7 +131,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                 f"at step {row['step']}")
 
     final = lambda m, step: {WEIGHTS["jepa"]: weights_file(m, PARTS, step, cfg, data.n_actions)}  # noqa: E731
-    result = fit(run_dir, cfg, Objective(model, loss, data.train_batch, decided_by(cfg), data.val_batch, final=final,
+    result = fit(run_dir, cfg, Objective(model, objective(cfg), data.train_batch, decided_by(cfg), data.val_batch, final=final,
                                          after_step=lambda m, step: ema_update(m, momentum(cfg, step)),
                                          on_log=on_log), log=log)
     history = result["history"]

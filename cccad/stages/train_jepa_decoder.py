@@ -13,17 +13,20 @@ import torch.nn.functional as F
 from cccad.config import Config
 from cccad.data.transitions import open_transitions
 from cccad.models.world_model import build_decoder, input_norm, load_frozen, next_frame
+from cccad.sections import Column
 from cccad.trainer import Objective, fit
 from cccad.world_probes import decoding_section, decoding_summary, DECODED_FRAMES, require_inputs, score_decoder, trained_by
 
 NEEDS = ("collect", "train_jepa")
 INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train_jepa": ("inputs.jepa_run", ".")}
-PER_VARIANT = False
+PER_VARIANT = True
 FAMILIES = ("atari",)
 TRAINS = True
 WEIGHTS = "weights/jepa_decoder/model.pt"
 
 REPORT = (decoding_section("JEPA + decoder probe"),)
+COMPARED = (Column("JEPA decoder L1", lambda m: m["decoder_l1"], 4),
+            Column("JEPA decoder change skill", lambda m: m.get("change_skill")))
 summary = decoding_summary
 
 
