@@ -508,11 +508,11 @@ def test_a_run_folder_in_use_is_refused_and_cccad_run_writes_its_own_log(studies
     config = studies["dr"] / ".tasks" / f"train-{V}-darkroom-seed0.yaml"
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "cccad", "run", "train", "-c", str(config), "--out", str(run),
-                              "train.steps=400"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              "train.steps=2000"], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for("tb", run)
+    wait_for("checkpoints/step-*.pt", run)  # in the loop: its stop handlers are in place
     first.send_signal(signal.SIGSTOP)  # (held at its step while the second tries: the run is not over before it)
-    second = cccad("run", "train", "-c", config, "--out", run, "train.steps=400", check=False)
+    second = cccad("run", "train", "-c", config, "--out", run, "train.steps=2000", check=False)
     one_line_error(second, 2, f"{run}: in use by cccad run train on {socket.gethostname()}, PID {first.pid}")
     first.send_signal(signal.SIGTERM)  # a scheduler's stop (delivered once it goes on): a checkpoint, exit 75
     first.send_signal(signal.SIGCONT)
