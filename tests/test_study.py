@@ -113,6 +113,12 @@ def test_compressed_ad_study_graph(darkroom_study):
     report = (root / "report" / "report.md").read_text()
     for pair in ("CompressedAD-finetuned - CompressedAD-random", "CompressedAD-reconstruction - CompressedAD-random"):
         assert f"| darkroom | {pair} | final normalised return (evaluate) | 1 |" in report, report
+    # the goal probe, a row per depth: the run's own accuracies
+    probe = json.loads((root / "probe-CompressedAD-random-darkroom-seed0" / "metrics.json").read_text())
+    for d in ("1", "2", "3"):
+        scores = probe["per_depth"][d]
+        assert (f"| darkroom | CompressedAD-random | {d} ({int(d) * probe['chunk_len']} transitions) | 1/1 | "
+                f"{scores['latent']['accuracy']:.3f} | {scores['uncompressed']['accuracy']:.3f} |") in report, report
 
 
 def test_a_variant_asking_for_an_unlisted_stage_is_refused(tmp_path):

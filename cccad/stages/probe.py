@@ -38,16 +38,23 @@ def deepest(m: dict) -> dict:
     return m["per_depth"][max(m["per_depth"], key=int)]
 
 
+def by_depth(m: dict) -> dict[tuple[str], dict]:
+    """A probe run's scores per depth, as report rows: {(depth,): {kind: scores, "chance", "deepest"}}."""
+    deepest_depth = max(m["per_depth"], key=int)
+    return {(f"{d} ({int(d) * m['chunk_len']} transitions)",): {**scores, "chance": m["chance"], "deepest": d == deepest_depth}
+            for d, scores in sorted(m["per_depth"].items(), key=lambda kv: int(kv[0]))}
+
+
 REPORT = (Section(
     "Goal-position probe", "Share of held-out streams whose goal cell a head trained on the frozen representation "
-    "(attention pooling, then an MLP) gets exactly right, at the deepest window probed, against guessing the "
-    "mean goal.",
-    (Column("accuracy, latent", lambda m: deepest(m).get("latent", {}).get("accuracy")),
-     Column("accuracy, uncompressed", lambda m: deepest(m)["uncompressed"]["accuracy"]),
-     Column("mean-goal guess", lambda m: m["chance"]["accuracy"])),
+    "(attention pooling, then an MLP) gets exactly right, per depth (chunks of history behind the latents; "
+    "uncompressed: the same transitions as tokens), against guessing the mean goal.",
+    (Column("accuracy, latent", lambda v: v.get("latent", {}).get("accuracy")),
+     Column("accuracy, uncompressed", lambda v: v["uncompressed"]["accuracy"]),
+     Column("mean-goal guess", lambda v: v["chance"]["accuracy"])), labels=("env", "depth"), views=by_depth,
     plots=(Bars("goal_probe", "goal-position probe, deepest window", "accuracy",
-                values=lambda m: {kind: s["accuracy"] for kind, s in deepest(m).items()},
-                floor=lambda m: m["chance"]["accuracy"], floor_label="mean-goal guess"),)),)
+                values=lambda v: {kind: v[kind]["accuracy"] for kind in ("latent", "uncompressed") if kind in v}
+                if v["deepest"] else {}, floor=lambda v: v["chance"]["accuracy"], floor_label="mean-goal guess"),)),)
 
 
 # what a study's comparisons between variants compare (cccad/report.py)
