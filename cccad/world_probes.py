@@ -129,21 +129,31 @@ def reward_folder(dynamics: bool) -> str:
     return "dynamics_reward_predictor" if dynamics else "reward_predictor"
 
 
+def next_latent(dynamics: bool) -> str:
+    """How a reward probe gets z_{t+1}: the encoder's latent of the real next state, or the predictor's."""
+    return "predicted" if dynamics else "true"
+
+
+# a reward head's held-out scores, as the report shows them (its table, and JEPA less encoder-decoder)
+REWARD_MSE = Column("reward MSE", lambda m: m.get("reward_mse"), 4)
+MSE_REWARDED = Column("MSE rewarded", lambda m: m.get("reward_mse_on_rewarded"), 3)
+MSE_UNREWARDED = Column("MSE unrewarded", lambda m: m.get("reward_mse_on_unrewarded"), 4)
+DETECTION = (Column("reward AUC", lambda m: m.get("auc"), 3),
+             Column("average precision", lambda m: m.get("average_precision"), 3))
+
+
 def reward_section(dynamics: bool) -> Section:
     """The report's table of reward probes: a row per encoder and next latent (true or predicted)."""
-    kind = "predicted" if dynamics else "true"
+    kind = next_latent(dynamics)
     return Section(
         "Reward probes", "The reward predicted from frozen latents (z_t and the true or the predicted z_{t+1}) on "
         "held-out transitions. MSE overall, on the rewarded (reward > 0) and on the unrewarded transitions, each "
         "beside its floor: always predicting the mean training reward. As a detector of reward events (reward > 0) "
         "by the predicted reward: ROC AUC (chance 0.5) and average precision (chance: the rewarded share).",
-        (Column("reward MSE", lambda m: m.get("reward_mse"), 4), Column("mean-reward floor", lambda m: m["mean_reward_mse"], 4),
-         Column("MSE rewarded", lambda m: m.get("reward_mse_on_rewarded"), 3),
-         Column("floor rewarded", lambda m: m.get("mean_reward_mse_on_rewarded"), 3),
-         Column("MSE unrewarded", lambda m: m.get("reward_mse_on_unrewarded"), 4),
-         Column("floor unrewarded", lambda m: m.get("mean_reward_mse_on_unrewarded"), 4),
-         Column("reward AUC", lambda m: m.get("auc"), 3), Column("average precision", lambda m: m.get("average_precision"), 3),
-         Column("rewarded share", lambda m: m.get("val_rewarded_share"), 4),
+        (REWARD_MSE, Column("mean-reward floor", lambda m: m["mean_reward_mse"], 4),
+         MSE_REWARDED, Column("floor rewarded", lambda m: m.get("mean_reward_mse_on_rewarded"), 3),
+         MSE_UNREWARDED, Column("floor unrewarded", lambda m: m.get("mean_reward_mse_on_unrewarded"), 4),
+         *DETECTION, Column("rewarded share", lambda m: m.get("val_rewarded_share"), 4),
          Column("rewarded held-out transitions", lambda m: m.get("val_rewarded"), 0)),
         labels=("env", "encoder", "next latent"),
         views=lambda m: {(enc, kind): {**m, **s} for enc, s in m["per_encoder"].items()},
@@ -156,7 +166,7 @@ def reward_section(dynamics: bool) -> Section:
 def jepa_against_encoder_decoder(dynamics: bool) -> Section:
     """The report's paired differences, per seed within a run: the JEPA's head less the
     encoder-decoder's, on the same held-out transitions."""
-    kind = "predicted" if dynamics else "true"
+    kind = next_latent(dynamics)
 
     def differences(m: dict) -> dict:
         jepa, ed = m["per_encoder"].get("jepa"), m["per_encoder"].get("encoder_decoder")
@@ -168,9 +178,7 @@ def jepa_against_encoder_decoder(dynamics: bool) -> Section:
         "Reward probes: JEPA against the encoder-decoder", "Per seed, on the same held-out transitions, the JEPA "
         "latents' reward head less the encoder-decoder latents' (negative MSE and positive AUC favour the JEPA); "
         "mean ± 95% interval over seeds.",
-        (Column("reward MSE", lambda m: m.get("reward_mse"), 4), Column("MSE rewarded", lambda m: m.get("reward_mse_on_rewarded"), 3),
-         Column("MSE unrewarded", lambda m: m.get("reward_mse_on_unrewarded"), 4), Column("reward AUC", lambda m: m.get("auc"), 3),
-         Column("average precision", lambda m: m.get("average_precision"), 3)),
+        (REWARD_MSE, MSE_REWARDED, MSE_UNREWARDED, *DETECTION),
         labels=("env", "difference", "next latent"), views=differences)
 
 
@@ -191,7 +199,7 @@ def reward_summary(m: dict) -> str:
 
 
 def reward_probe_decided_by(cfg: Config, dynamics: bool) -> dict:
-    return {**trained_by(cfg, "probe"), "next_latent": "predicted" if dynamics else "true"}
+    return {**trained_by(cfg, "probe"), "next_latent": next_latent(dynamics)}
 
 
 def reward_probe_valid(run_dir: Path, dynamics: bool) -> bool:
@@ -244,7 +252,7 @@ def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
     data = open_transitions(cfg)
     obj, latents, mean, scale = reward_objective(cfg, data, dynamics)
     heads = obj.model
-    kind = "predicted" if dynamics else "true"
+    kind = next_latent(dynamics)
     log(f"reward probes on frozen encoder-decoder and JEPA latents, {kind} next latent; "
         f"training reward mean {mean:.3f}, std {scale:.3f}")
     result = fit(run_dir, cfg.for_probe(), obj, log=log)

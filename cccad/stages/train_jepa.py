@@ -131,8 +131,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                 f"at step {row['step']}")
 
     final = lambda m, step: {WEIGHTS["jepa"]: weights_file(m, PARTS, step, cfg, data.n_actions)}  # noqa: E731
-    result = fit(run_dir, cfg, Objective(model, objective(cfg), data.train_batch, decided_by(cfg), data.val_batch, final=final,
-                                         after_step=lambda m, step: ema_update(m, momentum(cfg, step)),
+    result = fit(run_dir, cfg, Objective(model, objective(cfg), data.train_batch, decided_by(cfg), data.val_batch,
+                                         final=final, after_step=lambda m, step: ema_update(m, momentum(cfg, step)),
                                          on_log=on_log), log=log)
     history = result["history"]
     return {**result, "final_latent_std": history[-1]["latent_std"] if history else None,
