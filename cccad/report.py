@@ -167,14 +167,15 @@ class Report:
         """One table of every part's rows (label cells, runs over seeds, view of their metrics), then
         the plots: curves and bars over the rows, each part's run images."""
         first = parts[0][1]
-        # views of per-variant runs get a variant cell after the env; a named row, its variant after the name
-        by_variant = first.views is not None and any(v for stage, _ in parts for _, v in groups(self.runs, stage))
+        # a variant's runs get a variant cell after the env, or in a named row, its variant after the name
+        named = first.views is None and len(first.labels) > 1
+        by_variant = not named and any(v for stage, _ in parts for _, v in groups(self.runs, stage))
         rows = []
         for stage, sec in parts:
             for (env, variant), rs in groups(self.runs, stage).items():
                 if sec.views is None:
                     name = f"{sec.row}, {variant}" if sec.row and variant else sec.row or variant or ""
-                    rows.append(([env] + ([name] if len(sec.labels) > 1 else []), rs, dict))
+                    rows.append(([env] + ([name] if named else [variant or "shared"] if by_variant else []), rs, dict))
                     continue
                 keys = dict.fromkeys(k for r in rs if r.metrics for k in sec.views(r.metrics))
                 for key in keys or [("–",) * (len(sec.labels) - 1)]:
@@ -238,9 +239,14 @@ class Report:
         for stage, mod in STAGES.items():
             for column in getattr(mod, "COMPARED", ()):
                 for env in dict.fromkeys(r.task.env for r in self.runs if r.task.stage == stage):
+                    ran = {r.task.variant for r in self.runs if (r.task.stage, r.task.env) == (stage, env)}
                     for a, b in pairs:
+                        # a variant without its own run of a shared stage read the shared one (variant None)
+                        of = {v: v if v in ran else None for v in (a, b)}
+                        if of[a] == of[b]:
+                            continue
                         done = {v: {r.task.seed: column.value(r.metrics) for r in self.runs if r.metrics
-                                    and (r.task.stage, r.task.env, r.task.variant) == (stage, env, v)} for v in (a, b)}
+                                    and (r.task.stage, r.task.env, r.task.variant) == (stage, env, of[v])} for v in (a, b)}
                         diffs = [done[a][s] - done[b][s] for s in done[a]
                                  if s in done[b] and None not in (done[a][s], done[b][s])]
                         rows.append([env, f"{a} - {b}", f"{column.header} ({stage})", str(len(diffs)),

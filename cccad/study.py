@@ -79,42 +79,64 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                 raise ConfigError(f"{study_file}: study.stages: '{s}' needs '{need}', which is not listed")
     tasks: list[Task] = []
     index: dict[tuple, Task] = {}
+
+    env_layers = {env: env_layer(study_file, env) for env in st.envs}
+    hashes: dict[tuple, str] = {}
+
+    def layers(env: str, seed: int, variant: str | None) -> list:
+        extra = [env_layers[env], ({"seed": seed}, f"{study_file} (study.seeds)")]
+        if variant is not None:
+            where = f"{study_file} (study.variants.{variant})"
+            extra.append((nest(st.variants[variant], where), where))
+        return extra
+
+    def upstream_variant(need: str, env: str, seed: int, variant: str | None) -> str | None:
+        """The variant whose run of `need` a `variant` task reads: its own for per-variant stages, and
+        for shared stages its own only where the variant changes what decides that stage's outputs
+        (e.g. a variant's encoder kind, for pre-training); else the shared run."""
+        if variant is None or STAGES[need].PER_VARIANT:
+            return variant
+        for v in (None, variant):
+            if (need, env, seed, v) not in hashes:
+                hashes[(need, env, seed, v)] = run_hash(load_config(study_file, overrides, extra=layers(env, seed, v)), need)
+        return variant if hashes[(need, env, seed, None)] != hashes[(need, env, seed, variant)] else None
+
+    def make(stage: str, env: str, seed: int, variant: str | None) -> Task:
+        if (stage, env, seed, variant) in index:
+            return index[(stage, env, seed, variant)]
+        mod = STAGES[stage]
+        extra = layers(env, seed, variant)
+        wanted = list(mod.NEEDS)
+        optional = [u for u in mod.INPUT_KEYS if u not in mod.NEEDS]
+        if optional:  # wired where the task's config asks for "@<stage>"
+            plain = load_config(study_file, overrides, extra=extra)
+            for up in optional:
+                key = mod.INPUT_KEYS[up][0]
+                section, name = key.split(".")
+                if getattr(getattr(plain, section), name) == f"@{up}":
+                    if up not in stages:
+                        raise ConfigError(f"{study_file}: {key}: '@{up}' but study.stages does not list '{up}'")
+                    wanted.append(up)
+        needs, inputs = [], {}
+        for need in wanted:
+            up = make(need, env, seed, upstream_variant(need, env, seed, variant))
+            needs.append(up)
+            key, inside = mod.INPUT_KEYS[need]
+            section, name = key.split(".")
+            inputs.setdefault(section, {})[name] = str((up.run_dir / inside).resolve())
+        cfg = load_config(study_file, overrides, extra=extra + [(inputs, "study runner")])
+        task = Task(stage, env, seed, variant, out / run_folder(stage, env, seed, variant), cfg, needs)
+        index[(stage, env, seed, variant)] = task
+        tasks.append(task)
+        return task
+
     for env in st.envs:
-        layer = env_layer(study_file, env)
-        family = load_config(study_file, overrides, extra=[layer]).env.family
+        family = load_config(study_file, overrides, extra=[env_layers[env]]).env.family
         for seed in st.seeds:
             for stage in stages:
-                mod = STAGES[stage]
-                if family not in mod.FAMILIES:  # each env runs its family's part of the graph
-                    continue
-                for variant in (st.variants if mod.PER_VARIANT else [None]):
-                    extra = [layer, ({"seed": seed}, f"{study_file} (study.seeds)")]
-                    if variant is not None:
-                        where = f"{study_file} (study.variants.{variant})"
-                        extra.append((nest(st.variants[variant], where), where))
-                    wanted = list(mod.NEEDS)
-                    optional = [u for u in mod.INPUT_KEYS if u not in mod.NEEDS]
-                    if optional:  # wired where the task's config asks for "@<stage>"
-                        plain = load_config(study_file, overrides, extra=extra)
-                        for up in optional:
-                            key = mod.INPUT_KEYS[up][0]
-                            section, name = key.split(".")
-                            if getattr(getattr(plain, section), name) == f"@{up}":
-                                if up not in stages:
-                                    raise ConfigError(f"{study_file}: {key}: '@{up}' but study.stages does not list '{up}'")
-                                wanted.append(up)
-                    needs, inputs = [], {}
-                    for need in wanted:
-                        up = index[(need, env, seed, variant if STAGES[need].PER_VARIANT else None)]
-                        needs.append(up)
-                        key, inside = mod.INPUT_KEYS[need]
-                        section, name = key.split(".")
-                        inputs.setdefault(section, {})[name] = str((up.run_dir / inside).resolve())
-                    extra.append((inputs, "study runner"))
-                    cfg = load_config(study_file, overrides, extra=extra)
-                    task = Task(stage, env, seed, variant, out / run_folder(stage, env, seed, variant), cfg, needs)
-                    index[(stage, env, seed, variant)] = task
-                    tasks.append(task)
+                if family in STAGES[stage].FAMILIES:  # each env runs its family's part of the graph
+                    for variant in (st.variants if STAGES[stage].PER_VARIANT else [None]):
+                        make(stage, env, seed, variant)
     for stage in stages:
         if not any(t.stage == stage for t in tasks):
             raise ConfigError(f"{study_file}: study.stages: '{stage}' runs for {' and '.join(STAGES[stage].FAMILIES)} "

@@ -4,13 +4,15 @@ cluster submitter treat them alike.
     NEEDS        upstream stages whose run folder this stage reads
     INPUT_KEYS   {upstream stage: (config key, path inside the upstream run folder it receives)};
                  an upstream not in NEEDS is wired when a variant sets its key to "@<stage>"
-    PER_VARIANT  whether the stage runs once per study variant
+    PER_VARIANT  whether the stage runs once per study variant; a shared stage runs once, and again
+                 for a variant that changes what decides its outputs and reads them
     FAMILIES     the env families it runs for ("darkroom", "atari"); a study runs, for each env,
                  the listed stages of that env's family
     TRAINS       whether it trains through the training loop, and so may run as several
                  processes (DDP or ZeRO); stages that do not run as one process
     REPORT       its sections of the study report (cccad/sections.py)
-    COMPARED     (per-variant stages) the metrics a study's comparisons between variants compare
+    COMPARED     the metrics a study's comparisons between variants compare (a shared stage's,
+                 between variants with runs of their own)
     decided_by(cfg)             the config subset that decides the outputs (its hash stamps them)
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict

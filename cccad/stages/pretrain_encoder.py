@@ -35,10 +35,12 @@ NOT_USED = ("train.steps", "train.batch_size", "train.lr", "train.num_warmup_ste
             "model.kind", "model.context_len", "model.recent_len", "model.n_layer")
 
 
+# compared between variants that pre-train their own encoder (e.g. another encoder kind)
+COMPARED = (Column("validation correlation", lambda m: m.get("final_val_correlation")),)
 REPORT = (Section(
     "Encoder pre-training (reconstruction, depth curriculum)", "Correlation between reconstructed and true "
     "transitions on held-out streams at the end of pre-training.",
-    (Column("validation correlation", lambda m: m.get("final_val_correlation")),
+    (*COMPARED,
      Column("validation loss", lambda m: m.get("final_val_loss"), 4),
      Column("first training loss", lambda m: m.get("initial_loss"), 4)), labels=("env",)),)
 
