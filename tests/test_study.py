@@ -128,3 +128,36 @@ def test_a_variant_asking_for_an_unlisted_stage_is_refused(tmp_path):
     proc = cccad("local", study, "--runs", tmp_path / "runs", check=False)
     assert proc.returncode == 2 and "inputs.pretrained_encoder_path: '@pretrain_encoder' but study.stages does not list" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_that_changes_a_shared_stage_gets_its_own_run_of_it(tmp_path):
+    """Pre-training is shared by the variants that read it, unless a variant changes what decides it
+    (here the encoder's attention): then that variant pre-trains its own encoder, its training reads
+    that one, and the report shows both pre-trainings and compares them."""
+    study = write_yaml(tmp_path / "study.yaml", {**TINY, "study": {
+        "name": "enc", "envs": ["darkroom"], "seeds": [0], "stages": ["collect", "pretrain_encoder", "train"],
+        "variants": {"self": {"model.kind": "compressed_ad", "inputs.pretrained_encoder_path": "@pretrain_encoder"},
+                     "frozen": {"model.kind": "compressed_ad", "train.freeze_encoder": True,
+                                "inputs.pretrained_encoder_path": "@pretrain_encoder"},
+                     "cross": {"model.kind": "compressed_ad", "model.encoder": "cross",
+                               "inputs.pretrained_encoder_path": "@pretrain_encoder"}},
+        "comparisons": ["cross - self", "frozen - self"]}})
+    proc = cccad("local", study, "--runs", tmp_path / "runs")
+    root = tmp_path / "runs" / "enc"
+    shared, own = root / "pretrain-encoder-darkroom-seed0", root / "pretrain-encoder-cross-darkroom-seed0"
+    assert sorted(p.name for p in root.glob("pretrain-*")) == [own.name, shared.name]
+    for variant, pre in (("self", shared), ("frozen", shared), ("cross", own)):
+        log = (root / f"train-{variant}-darkroom-seed0" / "log.txt").read_text()
+        assert f"from {pre.resolve()}/encoder-pretrained-final.pt" in log
+    encoders = {pre: torch.load(pre / "encoder-pretrained-final.pt", weights_only=True)["config"]["model"]["encoder"]
+                for pre in (shared, own)}
+    assert encoders == {shared: "self", own: "cross"}
+    assert proc.stdout.count("[done]") == 1 + 2 + 3
+    report = (root / "report" / "report.md").read_text()
+    corr = {pre: json.loads((pre / "metrics.json").read_text())["final_val_correlation"] for pre in (shared, own)}
+    assert f"| darkroom | shared | 1/1 | {corr[shared]:.3f} |" in report, report
+    assert f"| darkroom | cross | 1/1 | {corr[own]:.3f} |" in report, report
+    # compared where the two variants pre-trained apart, not where they share one pre-training
+    assert (f"| darkroom | cross - self | validation correlation (pretrain_encoder) | 1 | "
+            f"{corr[own] - corr[shared]:.3f} |") in report, report
+    assert "| frozen - self | validation correlation" not in report
