@@ -324,16 +324,15 @@ class AtariConfig:
     ppo_ent_coef: float = 0.01
     ppo_clip_range: float = 0.1
     ppo_gamma: float = 0.99
+    ppo_clip_rewards: bool = True  # the agent learns from each reward's sign (the dataset keeps the game's rewards)
     episodes: int = 100  # episodes collected into the dataset
     max_episode_steps: int = 2000  # an episode is truncated (done) after this many agent steps
     random_action_share: float = 0.1  # share of collected actions drawn uniformly at random
     n_envs: int = 8  # envs stepped together during collection
-    env_workers: int = 1  # processes stepping them (the policy acts meanwhile in the stage's own process)
     val_fraction: float = 0.1  # share of episodes held out for validation and scoring
 
     def check(self, err):
-        for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs",
-                    "env_workers"):
+        for key in ("ppo_timesteps", "ppo_n_envs", "ppo_n_epochs", "episodes", "max_episode_steps", "n_envs"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
         if self.ppo_n_steps < 2:

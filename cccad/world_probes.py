@@ -26,10 +26,10 @@ DECODED_FRAMES = "decoded_frames.png"  # a decoder stage's grid of real and deco
 REWARD_PLOT = "reward_mse.png"
 
 
-def trained_by(cfg: Config, *extra: str) -> dict:
+def trained_by(cfg: Config, *extra: str, drop: tuple[str, ...] = ()) -> dict:
     """What decides a world-model run: the data, the nets and the training settings (plus `extra`
-    sections, e.g. probe)."""
-    return {**dataset_config(cfg), **pick(cfg, "train", "world_model", *extra)}
+    sections, e.g. probe; less the dotted keys in `drop`)."""
+    return {**dataset_config(cfg), **pick(cfg, "train", "world_model", *extra, drop=drop)}
 
 
 def require_inputs(cfg: Config, *encoders: str) -> None:

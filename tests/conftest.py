@@ -30,7 +30,11 @@ TINY = {
 # the smoke world-model study, smaller still: seconds per stage
 WORLD_SMALL = {
     "extends": str(CONFIGS / "studies" / "worldmodel_smoke.yaml"),
-    "study": {"name": "wm"},
+    # the anti-collapse terms at VICReg's own weights (variance as strong as the prediction, 25x the
+    # study's): in 120 steps they must lift latents that start nearly collapsed
+    "study": {"name": "wm", "variants": {"JEPA": {}, "JEPA-VICReg": {"world_model.vicreg_variance_weight": 25.0,
+                                                                     "world_model.vicreg_covariance_weight": 1.0}},
+              "comparisons": ["JEPA-VICReg - JEPA"]},
     "atari": {"episodes": 5, "max_episode_steps": 120, "n_envs": 2, "val_fraction": 0.4},
     "world_model": {"latent_dim": 32, "channels": [8, 16, 16, 32], "predictor_hidden": 64, "reward_hidden": 32},
     "train": {"steps": 120, "batch_size": 16, "lr": 0.001, "num_warmup_steps": 10, "checkpoint_every": 40,

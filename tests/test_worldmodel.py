@@ -53,7 +53,7 @@ def test_graph_runs_every_stage_with_the_seed_output_folders(study):
 
 
 def test_collector_records_what_the_env_gave(study):
-    from cccad.envs.atari import make_env
+    from cccad.envs.atari import frames as as_frames, vector_env
     cfg = run_config(study, "collect-assault-seed0")
     ds = open_collected(study[1] / "collect-assault-seed0" / "dataset", cfg)
     data = Transitions(ds, cfg.env.frame_stack)
@@ -70,23 +70,25 @@ def test_collector_records_what_the_env_gave(study):
     starts = np.r_[0, np.flatnonzero(last)[:-1] + 1]
     first = b["state"][starts]
     assert all(torch.equal(first[:, i], first[:, 0]) for i in range(cfg.env.frame_stack))
-    # replaying each env's episodes in order (the first reset with its seed, the next ones
-    # unseeded) with the recorded actions gives the recorded frames and rewards
+    # replaying each env's episodes in order in a vectorised env of its own (the first reset with
+    # its seed, the next episodes starting where the last ended) with the recorded actions gives the
+    # recorded frames and rewards
     frames, seeds, envs = ds["frames"], np.asarray(ds["episode_seed"]), np.asarray(ds["episode_env"])
     assert len(set(envs)) == cfg.atari.n_envs and len(set(seeds)) == cfg.atari.n_envs
-    replay = {i: make_env(cfg.env, cfg.atari.max_episode_steps) for i in set(envs)}
-    for e in range(len(seeds)):
-        rows = np.flatnonzero(ep == e)
-        f0 = int(np.asarray(ds["episode_first_frame"])[e])
-        first = e == np.flatnonzero(envs == envs[e])[0]
-        obs, _ = replay[envs[e]].reset(seed=int(seeds[e]) if first else None)
-        np.testing.assert_array_equal(obs, frames[f0])
-        env = replay[envs[e]]
-        for j, t in enumerate(rows):
-            obs, reward, terminated, truncated, _ = env.step(int(ds["actions"][t]))
-            np.testing.assert_array_equal(obs, frames[f0 + j + 1])
-            assert reward == ds["rewards"][t] and terminated == ds["terminated"][t]
-        assert terminated or truncated
+    first_frame = np.asarray(ds["episode_first_frame"])
+    for i in sorted(set(envs)):
+        replay = vector_env(cfg.env, 1, cfg.atari.max_episode_steps)
+        obs, _ = replay.reset(seed=np.array([seeds[envs == i][0]]))
+        for e in np.flatnonzero(envs == i):
+            f0 = int(first_frame[e])
+            np.testing.assert_array_equal(as_frames(obs)[0], frames[f0])
+            for j, t in enumerate(np.flatnonzero(ep == e)):
+                obs, reward, terminated, truncated, info = replay.step(np.array([ds["actions"][t]], dtype=np.int64))
+                done = terminated[0] or truncated[0]
+                np.testing.assert_array_equal(as_frames(info["final_obs"] if done else obs)[0], frames[f0 + j + 1])
+                assert reward[0] == ds["rewards"][t] and terminated[0] == ds["terminated"][t]
+            assert done
+        replay.close()
     assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
     assert 0 < np.asarray(ds["random_action"]).mean() < 0.5
 
@@ -99,6 +101,38 @@ def test_collection_samples_from_the_agents_own_action_distribution():
     probs = action_probs(policy, obs)
     assert torch.allclose(probs, policy.get_distribution(obs).distribution.probs, atol=1e-6)
     assert probs.shape == (5, policy.action_space.n)
+
+
+def test_the_agents_envs_stack_clip_and_count_as_the_dataset_does():
+    """PPO's envs: states stacked by the dataset's rule, the reward's sign to learn from (the game's
+    own in each finished episode's return), the final state of an ended episode in its info."""
+    from cccad.data.transitions import AgentEnvs
+    cfg = load_config(CONFIGS / "studies" / "worldmodel_smoke.yaml", ["atari.max_episode_steps=120"])
+    envs = AgentEnvs(cfg)
+    envs.seed(3)
+    states = envs.reset()
+    k = cfg.env.frame_stack
+    assert states.shape == (2, k, 64, 64) and all((states[:, i] == states[:, 0]).all() for i in range(k))
+    rng, raw, learned, ended = np.random.default_rng(0), np.zeros(2), np.zeros(2), []
+    for t in range(260):
+        before = states
+        envs.step_async(rng.integers(0, envs.action_space.n, 2))
+        states, rewards, dones, infos = envs.step_wait()
+        learned += rewards
+        assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}
+        for i in range(2):
+            if dones[i]:
+                last = infos[i]["terminal_observation"]
+                assert (last[:-1] == before[i, 1:]).all() and infos[i]["TimeLimit.truncated"]
+                assert all((states[i, j] == states[i, 0]).all() for j in range(k))  # the next episode's first state
+                ended.append((infos[i]["episode"]["r"], infos[i]["episode"]["l"]))
+            else:
+                assert (states[i, :-1] == before[i, 1:]).all()
+    envs.close()
+    assert len(ended) == 4 and all(length == 120 for _, length in ended)
+    # Assault's kills are worth 21: the returns are the game's, the agent's signal their count
+    assert sum(r for r, _ in ended) > 0 and all(r % 21 == 0 for r, _ in ended)
+    assert learned.sum() >= sum(r for r, _ in ended) / 21
 
 
 def test_second_collect_loads_and_the_agent_is_reused(study, tmp_path):
@@ -290,7 +324,7 @@ def test_vicreg_terms_and_the_jepa_variants(study):
     assert math.isclose(vicreg_terms(correlated)[1].item(), 16 * 15 * 4 ** 2 / 16, rel_tol=0.1)
     # the seed's JEPA trains without the terms (logged only), the VICReg variant with them; each
     # variant's probes read its own JEPA and the one encoder-decoder
-    for variant, weight in (("JEPA", 0.0), ("JEPA-VICReg", 1.0)):
+    for variant, weight in (("JEPA", 0.0), ("JEPA-VICReg", 25.0)):
         cfg = run_config(study, f"train-jepa-{variant}-assault-seed0")
         assert cfg.world_model.vicreg_variance_weight == weight
         row = metrics(study, f"train-jepa-{variant}-assault-seed0")["history"][-1]

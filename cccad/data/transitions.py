@@ -16,17 +16,18 @@ Validation holds out whole episodes.
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecEnv
 
 from cccad.checkpoint import CheckpointError, load_checkpoint
 from cccad.config import ATARI_KEYS, Config, config_hash
 from cccad.data.collected import open_collected
 from cccad.data.store import DatasetWriter
-from cccad.envs.atari import EnvWorker, FrameStack, frame_shape, make_env, stack_indices
+from cccad.envs.atari import Stacks, frame_shape, frames, stack_indices, vector_env
 from cccad.fs import atomic_torch_save
 from cccad.runtime import device
 
@@ -40,17 +41,70 @@ def agent_config(cfg: Config) -> dict:
             "atari": {k: v for k, v in a.items() if k.startswith("ppo_")} | {"max_episode_steps": a["max_episode_steps"]}}
 
 
-def make_agent(cfg: Config):
-    """A fresh SB3 PPO agent (CnnPolicy) on `atari.ppo_n_envs` preprocessed, frame-stacked envs."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv  # on 2 cores faster than SubprocVecEnv
+class AgentEnvs(VecEnv):
+    """The PPO agent's envs for stable-baselines3: `atari.ppo_n_envs` envs of ALE's vectorised env
+    stepped together, states stacked by the dataset's rule (`Stacks`). With `atari.ppo_clip_rewards`
+    the agent learns from each reward's sign (Atari PPO's usual signal: a kill in Assault is worth
+    21); each finished episode's info holds its unclipped return, as SB3's Monitor puts it."""
 
-    a, k = cfg.atari, cfg.env.frame_stack
-    vec = DummyVecEnv([lambda: Monitor(FrameStack(make_env(cfg.env, a.max_episode_steps), k))
-                       for _ in range(a.ppo_n_envs)])
-    vec.seed(cfg.seed)
-    return PPO("CnnPolicy", vec, n_steps=a.ppo_n_steps, batch_size=a.ppo_batch_size, n_epochs=a.ppo_n_epochs,
+    def __init__(self, cfg: Config):
+        a, k = cfg.atari, cfg.env.frame_stack
+        self.envs = vector_env(cfg.env, a.ppo_n_envs, a.max_episode_steps)
+        self.k, self.clip = k, a.ppo_clip_rewards
+        c, h, w = frame_shape(cfg.env)
+        super().__init__(a.ppo_n_envs, gym.spaces.Box(0, 255, (k * c, h, w), np.uint8), self.envs.single_action_space)
+        self.returns, self.lengths = np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=np.int64)
+
+    def reset(self) -> np.ndarray:
+        seeds = None if None in self._seeds else np.asarray(self._seeds)
+        obs, _ = self.envs.reset(seed=seeds)
+        self._reset_seeds()
+        self.stacks = Stacks(frames(obs), self.k)
+        self.returns[:], self.lengths[:] = 0, 0
+        return self.stacks.states()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.actions = np.asarray(actions)
+
+    def step_wait(self):
+        obs, reward, terminated, truncated, info = self.envs.step(self.actions)
+        done = terminated | truncated
+        self.returns += reward
+        self.lengths += 1
+        infos = [{} for _ in range(self.num_envs)]
+        for i in np.flatnonzero(done):
+            last = np.concatenate([*self.stacks.buf[i, 1:], frames(info["final_obs"])[i]])
+            infos[i] = {"episode": {"r": float(self.returns[i]), "l": int(self.lengths[i])},
+                        "terminal_observation": last, "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
+        self.returns[done], self.lengths[done] = 0, 0
+        self.stacks.push(frames(obs), done)
+        rewards = np.sign(reward) if self.clip else reward
+        return self.stacks.states(), rewards.astype(np.float32), done, infos
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def get_attr(self, name, indices=None):
+        return [getattr(self.envs, name, None)] * len(self._get_indices(indices))
+
+    def set_attr(self, name, value, indices=None):
+        raise NotImplementedError("the vectorised Atari envs have no per-env attributes to set")
+
+    def env_method(self, name, *args, indices=None, **kwargs):
+        raise NotImplementedError("the vectorised Atari envs have no per-env methods")
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False] * len(self._get_indices(indices))
+
+
+def make_agent(cfg: Config):
+    """A fresh SB3 PPO agent (CnnPolicy) on `atari.ppo_n_envs` vectorised, frame-stacked envs."""
+    from stable_baselines3 import PPO
+
+    a = cfg.atari
+    envs = AgentEnvs(cfg)
+    envs.seed(cfg.seed)
+    return PPO("CnnPolicy", envs, n_steps=a.ppo_n_steps, batch_size=a.ppo_batch_size, n_epochs=a.ppo_n_epochs,
                learning_rate=a.ppo_lr, ent_coef=a.ppo_ent_coef, clip_range=a.ppo_clip_range, gamma=a.ppo_gamma,
                seed=cfg.seed, device=device(), verbose=0)
 
@@ -132,110 +186,64 @@ def write_episode(writer: DatasetWriter, ep: dict, index: int, first_frame: int)
     writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
 
 
-class EpisodePlayer:
-    """The policy's side of collection: each env's episode so far and its last k frames (the
-    first repeated at an episode's start: `stack_indices`); it turns a group of envs' last
-    answers into their next requests, and writes each episode that ends."""
-
-    def __init__(self, cfg: Config, policy: torch.nn.Module, writer: DatasetWriter, n_envs: int, n_actions: int):
-        self.cfg, self.policy, self.writer, self.n_actions, self.device = cfg, policy, writer, n_actions, device()
-        self.rng = np.random.default_rng([cfg.seed, 7])
-        self.stacks = [deque(maxlen=cfg.env.frame_stack) for _ in range(n_envs)]
-        self.episodes, self.seeded = [None] * n_envs, [False] * n_envs
-        self.started, self.written, self.frames_written = 0, 0, 0
-
-    def requests(self, group: list[int]) -> list[tuple]:
-        """The group's next requests: a step for each env playing (one batched policy call, each
-        action replaced by a uniform one with the random share), a reset for each env whose
-        episode ended, while episodes are left."""
-        a, episodes = self.cfg.atari, self.episodes
-        playing = [i for i in group if episodes[i] is not None]
-        out = []
-        if playing:
-            with torch.inference_mode():
-                obs = torch.from_numpy(np.stack([np.concatenate(self.stacks[i]) for i in playing])).to(self.device)
-                actions = torch.multinomial(action_probs(self.policy, obs), 1).squeeze(1).cpu().numpy()
-            random = self.rng.random(len(playing)) < a.random_action_share
-            actions = np.where(random, self.rng.integers(0, self.n_actions, len(playing)), actions)
-            for i, action, was_random in zip(playing, actions.tolist(), random.tolist()):
-                episodes[i]["actions"].append(action)
-                episodes[i]["random"].append(was_random)
-                out.append((i, "step", action))
-        for i in group:
-            if episodes[i] is None and self.started < a.episodes:
-                seed = env_seed(self.cfg, i)
-                episodes[i] = {"env": i, "seed": seed, "frames": [], "actions": [], "rewards": [], "terminated": [],
-                               "random": []}
-                out.append((i, "reset", None if self.seeded[i] else seed))
-                self.seeded[i] = True
-                self.started += 1
-        return out
-
-    def record(self, sent: list[tuple], answers: list[tuple]) -> None:
-        for (i, op, _), (frame, reward, terminated, truncated) in zip(sent, answers):
-            ep = self.episodes[i]
-            ep["frames"].append(frame)
-            self.stacks[i].extend([frame] * (self.cfg.env.frame_stack if op == "reset" else 1))
-            if op == "step":
-                ep["rewards"].append(reward)
-                ep["terminated"].append(terminated)
-                if terminated or truncated:
-                    write_episode(self.writer, ep, self.written, self.frames_written)
-                    self.written += 1
-                    self.frames_written += len(ep["actions"]) + 1
-                    self.episodes[i] = None
-
-
 def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
     """Play `atari.episodes` episodes into `writer`; returns counts and timing.
 
-    The `atari.n_envs` envs step in `atari.env_workers` processes of their own (EnvWorker), in
-    two groups per worker: while a worker steps one group, this process records the other
-    group's last step and picks its next actions (one batched policy call), so emulation and the
-    policy overlap. Groups take turns in a fixed order, and so do the random draws and the
-    episodes handed to envs that finish one: the data is the same on every run."""
-    a = cfg.atari
+    `atari.n_envs` envs of ALE's vectorised env step together (emulation in its threads), the
+    policy picks all their actions in one batched call, each replaced by a uniform one with the
+    random share; an env whose last needed episode ended plays on unrecorded until all have. The
+    draws and the order episodes are written in are fixed: the data is the same on every run."""
+    a, k = cfg.atari, cfg.env.frame_stack
     torch.manual_seed(cfg.seed)
     policy.eval()
-    n_envs = min(a.n_envs, a.episodes)
-    n_workers = min(a.env_workers, n_envs)
-    # env i lives in worker i % W (as its env i // W); group g holds the envs i = g mod 2W
-    groups = [list(range(g, n_envs, 2 * n_workers)) for g in range(min(2 * n_workers, n_envs))]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - n_workers))  # leave the env workers their cores
-    workers = [EnvWorker(cfg.env, a.max_episode_steps, len(range(w, n_envs, n_workers))) for w in range(n_workers)]
-    player = EpisodePlayer(cfg, policy, writer, n_envs, workers[0].n_actions)
+    rng = np.random.default_rng([cfg.seed, 7])
+    n = min(a.n_envs, a.episodes)
+    seeds = [env_seed(cfg, i) for i in range(n)]
+    envs = vector_env(cfg.env, n, a.max_episode_steps)
+    n_actions = int(envs.single_action_space.n)
 
-    def send(g: int, sent: list[tuple]) -> None:
-        workers[g % n_workers].send([(i // n_workers, op, arg) for i, op, arg in sent])
+    def episode(i: int, first: np.ndarray) -> dict:
+        return {"env": i, "seed": seeds[i], "frames": [first], "actions": [], "rewards": [], "terminated": [], "random": []}
 
     t0 = time.perf_counter()
     try:
-        in_flight = deque()
-        for g, group in enumerate(groups):
-            in_flight.append((g, player.requests(group)))
-            send(*in_flight[-1])
-        while in_flight:  # answers come back in the order sent; meanwhile the other groups emulate
-            g, sent = in_flight.popleft()
-            player.record(sent, workers[g % n_workers].recv())
-            if nxt := player.requests(groups[g]):
-                in_flight.append((g, nxt))
-                send(g, nxt)
+        obs, _ = envs.reset(seed=np.asarray(seeds))
+        stacks = Stacks(frames(obs), k)
+        episodes, started = [episode(i, f) for i, f in enumerate(frames(obs))], n
+        written = frames_written = 0
+        while any(ep is not None for ep in episodes):
+            with torch.inference_mode():
+                actions = torch.multinomial(action_probs(policy, torch.from_numpy(stacks.states()).to(device())), 1)
+            random = rng.random(n) < a.random_action_share
+            actions = np.where(random, rng.integers(0, n_actions, n), actions.squeeze(1).cpu().numpy())
+            obs, reward, terminated, truncated, info = envs.step(actions)
+            new, done = frames(obs), terminated | truncated
+            for i, ep in enumerate(episodes):
+                if ep is None:
+                    continue
+                ep["actions"].append(int(actions[i]))
+                ep["random"].append(bool(random[i]))
+                ep["rewards"].append(float(reward[i]))
+                ep["terminated"].append(bool(terminated[i]))
+                ep["frames"].append(frames(info["final_obs"])[i] if done[i] else new[i])
+                if done[i]:
+                    write_episode(writer, ep, written, frames_written)
+                    written, frames_written = written + 1, frames_written + len(ep["frames"])
+                    episodes[i] = episode(i, new[i]) if started < a.episodes else None
+                    started += episodes[i] is not None
+            stacks.push(new, done)
     finally:
-        for w in workers:
-            w.close()
-        torch.set_num_threads(threads)
+        envs.close()
     seconds = time.perf_counter() - t0
 
-    written = player.written
     order = np.random.default_rng([cfg.seed, 1]).permutation(written)
     is_val = np.zeros(written, dtype=bool)
     is_val[order[:int(round(a.val_fraction * written))]] = True
     writer.add("episode_is_val", is_val)
-    transitions = player.frames_written - written
-    return {"transitions": transitions, "episodes": written, "frames": player.frames_written, "seconds": seconds,
+    transitions = frames_written - written
+    return {"transitions": transitions, "episodes": written, "frames": frames_written, "seconds": seconds,
             "transitions_per_s": transitions / max(seconds, 1e-9), "frame_shape": list(frame_shape(cfg.env)),
-            "n_actions": player.n_actions, "val_episodes": int(is_val.sum())}
+            "n_actions": n_actions, "val_episodes": int(is_val.sum())}
 
 
 def open_transitions(cfg: Config) -> Transitions:

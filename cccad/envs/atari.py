@@ -1,24 +1,18 @@
-"""Atari through gymnasium + ale-py (the ROMs ship inside ale-py, so this works offline).
+"""Atari through ale-py's own vectorised env (the ROMs ship inside ale-py, so this works offline).
 
-Preprocessing, all from `EnvConfig`: ALE's own grey or RGB screen, area-resized to
-frame_size x frame_size, channels first; each action repeated `frame_skip` emulator frames;
-ALE v5's sticky actions. A *state* is the last `frame_stack` frames, padded at an episode's start
-with its first frame: `stack_indices` is that rule, used by the agent's env wrapper and by the
-dataset reader alike, so the world model sees exactly what the agent saw.
+Preprocessing, all from `EnvConfig`: ALE's grey or RGB screen resized to frame_size x frame_size,
+channels first; each action repeated `frame_skip` emulator frames; ALE v5's sticky actions. A
+*state* is the last `frame_stack` frames, padded at an episode's start with its first frame:
+`stack_indices` is that rule, used by the agent's envs, the collector and the dataset reader
+alike, so the world model sees exactly what the agent saw.
 """
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-import traceback
-from collections import deque
-from multiprocessing.connection import Connection
 
 import gymnasium as gym
 import numpy as np
 
 from cccad.config import ConfigError, EnvConfig
+from cccad.runtime import threads
 
 _registered = False
 
@@ -49,28 +43,31 @@ def frame_shape(cfg: EnvConfig) -> tuple[int, int, int]:
     return channels(cfg), cfg.frame_size, cfg.frame_size
 
 
-class Preprocess(gym.ObservationWrapper):
-    """ALE screen (H, W) or (H, W, 3) -> uint8 (C, S, S), area-resized."""
-
-    def __init__(self, env: gym.Env, cfg: EnvConfig):
-        super().__init__(env)
-        self.size = cfg.frame_size
-        self.observation_space = gym.spaces.Box(0, 255, frame_shape(cfg), np.uint8)
-
-    def observation(self, obs):
-        import cv2  # (imported here: only Atari runs need it)
-
-        small = cv2.resize(obs, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return small[None] if small.ndim == 2 else np.ascontiguousarray(small.transpose(2, 0, 1))
-
-
-def make_env(cfg: EnvConfig, max_episode_steps: int | None = None) -> gym.Env:
-    """One preprocessed env emitting single frames (C, S, S)."""
+def ale_rom(cfg: EnvConfig) -> str:
+    """The ROM id ALE's own vectorised env takes (e.g. "assault" for ALE/Assault-v5)."""
     register()
-    env = gym.make(cfg.game, obs_type="grayscale" if cfg.grayscale else "rgb", frameskip=cfg.frame_skip,
-                   repeat_action_probability=cfg.sticky_actions, full_action_space=False,
-                   max_episode_steps=max_episode_steps)
-    return Preprocess(env, cfg)
+    return gym.spec(cfg.game).kwargs["game"]
+
+
+def vector_env(cfg: EnvConfig, n_envs: int, max_episode_steps: int | None):
+    """`n_envs` envs of ALE's own vectorised env: emulation, frame skip, resize and grey in C++
+    threads (as many as the process's CPUs, at most one per env), stepped together. Observations
+    are single frames (see `frames`); an env that ends an episode starts the next in the same step:
+    its frame is the new episode's first, the last one is `info["final_obs"]`. Rewards unclipped,
+    no no-op starts, life losses do not end episodes: the dataset records the game as it is."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        ale_rom(cfg), n_envs, num_threads=min(threads(), n_envs), img_height=cfg.frame_size, img_width=cfg.frame_size,
+        grayscale=cfg.grayscale, stack_num=1, frameskip=cfg.frame_skip, maxpool=False, noop_max=0,
+        repeat_action_probability=cfg.sticky_actions, reward_clipping=False, use_fire_reset=False,
+        episodic_life=False, max_num_frames_per_episode=(max_episode_steps or 27_000) * cfg.frame_skip,
+        autoreset_mode="SameStep")
+
+
+def frames(obs: np.ndarray) -> np.ndarray:
+    """The vectorised env's observations (n, 1, S, S) grey or (n, 1, S, S, 3) RGB as frames (n, C, S, S)."""
+    return obs if obs.ndim == 4 else np.ascontiguousarray(obs[:, 0].transpose(0, 3, 1, 2))
 
 
 def stack_indices(newest: np.ndarray, first: np.ndarray, k: int) -> np.ndarray:
@@ -79,95 +76,18 @@ def stack_indices(newest: np.ndarray, first: np.ndarray, k: int) -> np.ndarray:
     return np.maximum(newest[:, None] - np.arange(k - 1, -1, -1), first[:, None])
 
 
-class FrameStack(gym.Wrapper):
-    """States of the last k frames as (k * C, S, S), by the `stack_indices` rule."""
+class Stacks:
+    """Each env's state, its last k frames as (k * C, S, S), by the `stack_indices` rule."""
 
-    def __init__(self, env: gym.Env, k: int):
-        super().__init__(env)
-        self.k, self.frames = k, deque(maxlen=k)
-        c, h, w = env.observation_space.shape
-        self.observation_space = gym.spaces.Box(0, 255, (k * c, h, w), np.uint8)
+    def __init__(self, first: np.ndarray, k: int):
+        self.k, self.buf = k, np.repeat(first[:, None], k, axis=1)  # (n, k, C, S, S)
 
-    def state(self) -> np.ndarray:
-        return np.concatenate(list(self.frames), axis=0)
+    def push(self, new: np.ndarray, starts: np.ndarray) -> None:
+        """Append each env's newest frame; an env whose episode `starts` with it is filled with it."""
+        self.buf[:, :-1] = self.buf[:, 1:]
+        self.buf[:, -1] = new
+        self.buf[starts] = new[starts, None]
 
-    def reset(self, **kwargs):
-        frame, info = self.env.reset(**kwargs)
-        self.frames.extend([frame] * self.k)
-        return self.state(), info
-
-    def step(self, action):
-        frame, reward, terminated, truncated, info = self.env.step(action)
-        self.frames.append(frame)
-        return self.state(), reward, terminated, truncated, info
-
-
-class EnvWorker:
-    """`n_envs` envs stepped in a process of their own, so that emulation goes on while the
-    caller does other work (picks the next actions). `send` queues a list of requests, each
-    (env, "reset", seed or None) or (env, "step", action); `recv` answers one list, in the order
-    sent, with (frame, reward, terminated, truncated) per request: single frames, so that an
-    answer fits in the pipe's buffer and the worker never waits for its reader (the caller
-    stacks them). The process ends when its pipe closes, also when the caller is killed."""
-
-    def __init__(self, cfg: EnvConfig, max_episode_steps: int | None, n_envs: int):
-        from_parent, to_child = os.pipe()  # (read end, write end)
-        from_child, to_parent = os.pipe()
-        # a plain subprocess, not multiprocessing: that would import the caller's main module again
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", f"from cccad.envs.atari import serve; serve({from_parent}, {to_parent})"],
-            pass_fds=(from_parent, to_parent),
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))))
-        os.close(from_parent)
-        os.close(to_parent)
-        self.out, self.into = Connection(to_child, readable=False), Connection(from_child, writable=False)
-        self.send((cfg, max_episode_steps, n_envs))
-        self.n_actions = self.recv()
-
-    def send(self, requests) -> None:
-        self.out.send(requests)
-
-    def recv(self):
-        try:
-            answer = self.into.recv()
-        except EOFError:
-            raise RuntimeError(f"Atari env worker (pid {self.process.pid}) died") from None
-        if isinstance(answer, str):
-            raise RuntimeError(f"Atari env worker failed:\n{answer}")
-        return answer
-
-    def close(self) -> None:
-        try:
-            self.out.send(None)
-            self.process.wait(timeout=30)
-        except (OSError, subprocess.TimeoutExpired):  # already gone, or stuck
-            self.process.kill()
-        self.out.close()
-        self.into.close()
-
-
-def serve(from_parent: int, to_parent: int) -> None:
-    """EnvWorker's process: makes the envs, then answers request lists until it gets None (or
-    its pipe closes: the caller is gone)."""
-    into, out = Connection(from_parent, writable=False), Connection(to_parent, readable=False)
-    try:
-        cfg, max_episode_steps, n_envs = into.recv()
-        envs = [make_env(cfg, max_episode_steps) for _ in range(n_envs)]
-        out.send(int(envs[0].action_space.n))
-        while (requests := into.recv()) is not None:
-            answers = []
-            for i, op, arg in requests:
-                if op == "reset":
-                    frame, _ = envs[i].reset(seed=arg)
-                    answers.append((frame, 0.0, False, False))
-                else:
-                    frame, reward, terminated, truncated, _ = envs[i].step(arg)
-                    answers.append((frame, float(reward), bool(terminated), bool(truncated)))
-            out.send(answers)
-        for env in envs:
-            env.close()
-    except EOFError:  # the caller is gone
-        pass
-    except Exception:
-        out.send(traceback.format_exc())
+    def states(self) -> np.ndarray:
+        n, k, c, h, w = self.buf.shape
+        return self.buf.reshape(n, k * c, h, w).copy()

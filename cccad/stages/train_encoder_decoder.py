@@ -18,6 +18,9 @@ from cccad.world_probes import decoding_section, decoding_summary, require_input
 NEEDS = ("collect",)
 INPUT_KEYS = {"collect": ("inputs.dataset", "dataset")}
 PER_VARIANT = False
+# the JEPA's own keys: the JEPA variants share one encoder-decoder
+JEPA_ONLY = tuple(f"world_model.{k}" for k in ("ema_momentum", "ema_momentum_end", "collapse_spread",
+                                                "vicreg_variance_weight", "vicreg_covariance_weight"))
 FAMILIES = ("atari",)
 TRAINS = True
 PARTS = ("encoder", "predictor", "decoder")
@@ -27,7 +30,7 @@ summary = decoding_summary
 
 
 def decided_by(cfg: Config) -> dict:
-    return {**trained_by(cfg), "val_samples": cfg.probe.val_samples}  # the scoring set
+    return {**trained_by(cfg, drop=JEPA_ONLY), "val_samples": cfg.probe.val_samples}  # the scoring set
 
 
 def preflight(cfg: Config) -> None:
