@@ -90,6 +90,13 @@ def test_collector_records_what_the_env_gave(study):
             assert done
         replay.close()
     assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
+    # the floor: uniform actions in the same envs, seeds and number of episodes, the same on every run
+    from cccad.data.transitions import random_policy_returns
+    floor = random_policy_returns(cfg)
+    assert len(floor) == cfg.atari.episodes and floor == random_policy_returns(cfg)
+    m = metrics(study, "collect-assault-seed0")
+    assert math.isclose(m["random_policy_mean_return"], np.mean(floor), rel_tol=1e-6)
+    assert math.isclose(m["collected_over_random"], m["collected_mean_return"] / np.mean(floor), rel_tol=1e-6)
     assert 0 < np.asarray(ds["random_action"]).mean() < 0.5
 
 

@@ -186,16 +186,16 @@ def write_episode(writer: DatasetWriter, ep: dict, index: int, first_frame: int)
     writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
 
 
-def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
-    """Play `atari.episodes` episodes into `writer`; returns counts and timing.
+def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finished) -> int:
+    """Play `atari.episodes` episodes, handing each to `finished` as it ends (a dict: its env, the
+    env's seed, frames, actions, rewards, terminated and random flags); returns the action count.
 
     `atari.n_envs` envs of ALE's vectorised env step together (emulation in its threads), the
-    policy picks all their actions in one batched call, each replaced by a uniform one with the
-    random share; an env whose last needed episode ended plays on unrecorded until all have. The
-    draws and the order episodes are written in are fixed: the data is the same on every run."""
-    a, k = cfg.atari, cfg.env.frame_stack
+    policy picks all their actions in one batched call (none: uniform actions), each replaced by a
+    uniform one with `random_share`; an env whose last needed episode ended plays on, unrecorded,
+    until all have. The draws and the order episodes end in are fixed: every run plays the same."""
+    a = cfg.atari
     torch.manual_seed(cfg.seed)
-    policy.eval()
     rng = np.random.default_rng([cfg.seed, 7])
     n = min(a.n_envs, a.episodes)
     seeds = [env_seed(cfg, i) for i in range(n)]
@@ -205,45 +205,67 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
     def episode(i: int, first: np.ndarray) -> dict:
         return {"env": i, "seed": seeds[i], "frames": [first], "actions": [], "rewards": [], "terminated": [], "random": []}
 
-    t0 = time.perf_counter()
     try:
         obs, _ = envs.reset(seed=np.asarray(seeds))
-        stacks = Stacks(frames(obs), k)
+        stacks = Stacks(frames(obs), cfg.env.frame_stack)
         episodes, started = [episode(i, f) for i, f in enumerate(frames(obs))], n
-        written = frames_written = 0
         while any(ep is not None for ep in episodes):
-            with torch.inference_mode():
-                actions = torch.multinomial(action_probs(policy, torch.from_numpy(stacks.states()).to(device())), 1)
-            random = rng.random(n) < a.random_action_share
-            actions = np.where(random, rng.integers(0, n_actions, n), actions.squeeze(1).cpu().numpy())
+            actions = rng.integers(0, n_actions, n)
+            random = rng.random(n) < random_share
+            if policy is not None:
+                with torch.inference_mode():
+                    chosen = torch.multinomial(action_probs(policy, torch.from_numpy(stacks.states()).to(device())), 1)
+                actions = np.where(random, actions, chosen.squeeze(1).cpu().numpy())
             obs, reward, terminated, truncated, info = envs.step(actions)
             new, done = frames(obs), terminated | truncated
             for i, ep in enumerate(episodes):
                 if ep is None:
                     continue
                 ep["actions"].append(int(actions[i]))
-                ep["random"].append(bool(random[i]))
+                ep["random"].append(bool(random[i]) or policy is None)
                 ep["rewards"].append(float(reward[i]))
                 ep["terminated"].append(bool(terminated[i]))
                 ep["frames"].append(frames(info["final_obs"])[i] if done[i] else new[i])
                 if done[i]:
-                    write_episode(writer, ep, written, frames_written)
-                    written, frames_written = written + 1, frames_written + len(ep["frames"])
+                    finished(ep)
                     episodes[i] = episode(i, new[i]) if started < a.episodes else None
                     started += episodes[i] is not None
             stacks.push(new, done)
     finally:
         envs.close()
-    seconds = time.perf_counter() - t0
+    return n_actions
 
-    order = np.random.default_rng([cfg.seed, 1]).permutation(written)
-    is_val = np.zeros(written, dtype=bool)
-    is_val[order[:int(round(a.val_fraction * written))]] = True
+
+def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
+    """Play `atari.episodes` episodes with the policy (`atari.random_action_share` of its actions
+    random) into `writer`; returns counts and timing."""
+    policy.eval()
+    written = [0, 0]  # episodes, frames
+
+    def write(ep: dict) -> None:
+        write_episode(writer, ep, *written)
+        written[0], written[1] = written[0] + 1, written[1] + len(ep["frames"])
+
+    t0 = time.perf_counter()
+    n_actions = play(cfg, policy, cfg.atari.random_action_share, write)
+    seconds = time.perf_counter() - t0
+    episodes, frames_written = written
+    order = np.random.default_rng([cfg.seed, 1]).permutation(episodes)
+    is_val = np.zeros(episodes, dtype=bool)
+    is_val[order[:int(round(cfg.atari.val_fraction * episodes))]] = True
     writer.add("episode_is_val", is_val)
-    transitions = frames_written - written
-    return {"transitions": transitions, "episodes": written, "frames": frames_written, "seconds": seconds,
+    transitions = frames_written - episodes
+    return {"transitions": transitions, "episodes": episodes, "frames": frames_written, "seconds": seconds,
             "transitions_per_s": transitions / max(seconds, 1e-9), "frame_shape": list(frame_shape(cfg.env)),
             "n_actions": n_actions, "val_episodes": int(is_val.sum())}
+
+
+def random_policy_returns(cfg: Config) -> list[float]:
+    """The returns of uniformly random actions in the episodes collection plays (the same envs, seeds
+    and count): the floor the agent's returns are measured against."""
+    returns: list[float] = []
+    play(cfg, None, 1.0, lambda ep: returns.append(float(sum(ep["rewards"]))))
+    return returns
 
 
 def open_transitions(cfg: Config) -> Transitions:

@@ -30,6 +30,9 @@ REPORT = (Section(
     (Column("transitions", lambda m: m.get("transitions"), 0),
      Column("source's last normalised return", lambda m: m.get("last_normalised_return")),
      Column("PPO agent's last return", lambda m: m.get("agent_last_return"), 1),
+     Column("collected episodes' return", lambda m: m.get("collected_mean_return"), 1),
+     Column("random actions' return, same episodes", lambda m: m.get("random_policy_mean_return"), 1),
+     Column("collected / random", lambda m: m.get("collected_over_random"), 2),
      Column("transitions/s", lambda m: m.get("transitions_per_s"), 0)), labels=("env",),
     plots=(Curves("collect", "source algorithm during collection ({env})", "episode or step", "return",
                   tags=("collect/normalised_return", "collect/agent_return")),)),)
@@ -38,7 +41,9 @@ REPORT = (Section(
 def summary(m: dict) -> str:
     if "agent_seconds" in m:  # Atari
         agent = m.get("agent_last_return")
-        return f"{m['transitions']:,} transitions" + (f", the PPO agent's last return {agent:.1f}" if agent is not None else "")
+        return (f"{m['transitions']:,} transitions" + (f", the PPO agent's last return {agent:.1f}" if agent is not None else "")
+                + f"; collected episodes' return {m['collected_mean_return']:.1f}, random actions' in the same episodes "
+                f"{m['random_policy_mean_return']:.1f}")
     return f"{m['transitions']:,} transitions, the source's last normalised return {m['last_normalised_return']:.3f}"
 
 
@@ -101,15 +106,16 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
 
 
 def run_atari(cfg: Config, run_dir: Path, log=print) -> dict:
-    from cccad.data.transitions import collect_transitions, train_agent
+    from cccad.data.transitions import collect_transitions, random_policy_returns, train_agent
 
     agent = {}
 
     def collect(writer):
         policy, info = train_agent(cfg, Path(run_dir) / AGENT_DIR, log)
         agent.update(info)
-        return {**collect_transitions(cfg, policy, writer), "agent_returns": info["returns"],
-                "agent_seconds": info["seconds"]}
+        stats = collect_transitions(cfg, policy, writer)
+        return {**stats, "agent_returns": info["returns"], "agent_seconds": info["seconds"],
+                "random_returns": random_policy_returns(cfg)}
 
     stats = load_or_collect(cfg, run_dir, collect, log)
     agent_returns = stats["agent_returns"]
@@ -128,5 +134,7 @@ def run_atari(cfg: Config, run_dir: Path, log=print) -> dict:
             "agent_first_return": float(np.mean([r for _, r in agent_returns[:tenth]])) if agent_returns else None,
             "agent_last_return": float(np.mean([r for _, r in agent_returns[-tenth:]])) if agent_returns else None,
             "collected_mean_return": float(returns.mean()), "val_episodes": stats["val_episodes"],
+            "random_policy_mean_return": float(np.mean(stats["random_returns"])),
+            "collected_over_random": float(returns.mean() / max(np.mean(stats["random_returns"]), 1e-9)),
             "random_action_share": float(np.asarray(ds["random_action"]).mean()),
             "reward_mean": float(np.asarray(ds["rewards"]).mean())}
