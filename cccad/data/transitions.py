@@ -29,7 +29,7 @@ from cccad.data.collected import open_collected
 from cccad.data.store import DatasetWriter
 from cccad.envs.atari import Stacks, frame_shape, frames, stack_indices, vector_env
 from cccad.fs import atomic_torch_save
-from cccad.runtime import device
+from cccad.runtime import device, threads
 
 AGENT_FILE = "ppo_policy.pt"
 
@@ -190,49 +190,79 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
     """Play `atari.episodes` episodes, handing each to `finished` as it ends (a dict: its env, the
     env's seed, frames, actions, rewards, terminated and random flags); returns the action count.
 
-    `atari.n_envs` envs of ALE's vectorised env step together (emulation in its threads), the
-    policy picks all their actions in one batched call (none: uniform actions), each replaced by a
-    uniform one with `random_share`; an env whose last needed episode ended plays on, unrecorded,
-    until all have. The draws and the order episodes end in are fixed: every run plays the same."""
+    The `atari.n_envs` envs are two groups, each a vectorised env of its own (ALE's C++ threads,
+    half the process's CPUs each). The groups take turns: while one emulates its step, this
+    process records the other's and picks its next actions in one batched policy call (none:
+    uniform actions), each replaced by a uniform one with `random_share`. An env whose last needed
+    episode ended stops. Turns, draws and the episodes handed out go in a fixed order: every run
+    plays the same."""
     a = cfg.atari
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 7])
     n = min(a.n_envs, a.episodes)
-    seeds = [env_seed(cfg, i) for i in range(n)]
-    envs = vector_env(cfg.env, n, a.max_episode_steps)
-    n_actions = int(envs.single_action_space.n)
+    seeds = np.asarray([env_seed(cfg, i) for i in range(n)])
+    split = [np.arange(n)[g::2] for g in range(min(2, n))]  # env i is in group i % 2
+    groups = [vector_env(cfg.env, len(ids), a.max_episode_steps, max(1, threads() // len(split))) for ids in split]
+    n_actions = int(groups[0].single_action_space.n)
+    episodes: list[dict | None] = [None] * n
+    started = 0
 
-    def episode(i: int, first: np.ndarray) -> dict:
-        return {"env": i, "seed": seeds[i], "frames": [first], "actions": [], "rewards": [], "terminated": [], "random": []}
+    def hand_out(i: int, first: np.ndarray) -> None:
+        nonlocal started
+        episodes[i] = None
+        if started < a.episodes:
+            episodes[i] = {"env": i, "seed": int(seeds[i]), "frames": [first], "actions": [], "rewards": [],
+                           "terminated": [], "random": []}
+            started += 1
+
+    def act(g: int) -> None:
+        """Pick group g's actions (its envs without an episode step too, unrecorded) and send them."""
+        actions = rng.integers(0, n_actions, len(split[g]))
+        random = rng.random(len(split[g])) < random_share
+        if policy is not None:
+            with torch.inference_mode():
+                chosen = torch.multinomial(action_probs(policy, torch.from_numpy(stacks[g].states()).to(device())), 1)
+            actions = np.where(random, actions, chosen.squeeze(1).cpu().numpy())
+        sent[g] = actions, random | (policy is None)
+        groups[g].send(actions)
+
+    def record(g: int) -> None:
+        obs, reward, terminated, truncated, info = groups[g].recv()
+        new, done = frames(obs), terminated | truncated
+        actions, random = sent[g]
+        for j, i in enumerate(split[g]):
+            if (ep := episodes[i]) is None:
+                continue
+            ep["actions"].append(int(actions[j]))
+            ep["random"].append(bool(random[j]))
+            ep["rewards"].append(float(reward[j]))
+            ep["terminated"].append(bool(terminated[j]))
+            ep["frames"].append(frames(info["final_obs"])[j] if done[j] else new[j])
+            if done[j]:
+                finished(ep)
+                hand_out(i, new[j])
+        stacks[g].push(new, done)
 
     try:
-        obs, _ = envs.reset(seed=np.asarray(seeds))
-        stacks = Stacks(frames(obs), cfg.env.frame_stack)
-        episodes, started = [episode(i, f) for i, f in enumerate(frames(obs))], n
-        while any(ep is not None for ep in episodes):
-            actions = rng.integers(0, n_actions, n)
-            random = rng.random(n) < random_share
-            if policy is not None:
-                with torch.inference_mode():
-                    chosen = torch.multinomial(action_probs(policy, torch.from_numpy(stacks.states()).to(device())), 1)
-                actions = np.where(random, actions, chosen.squeeze(1).cpu().numpy())
-            obs, reward, terminated, truncated, info = envs.step(actions)
-            new, done = frames(obs), terminated | truncated
-            for i, ep in enumerate(episodes):
-                if ep is None:
-                    continue
-                ep["actions"].append(int(actions[i]))
-                ep["random"].append(bool(random[i]) or policy is None)
-                ep["rewards"].append(float(reward[i]))
-                ep["terminated"].append(bool(terminated[i]))
-                ep["frames"].append(frames(info["final_obs"])[i] if done[i] else new[i])
-                if done[i]:
-                    finished(ep)
-                    episodes[i] = episode(i, new[i]) if started < a.episodes else None
-                    started += episodes[i] is not None
-            stacks.push(new, done)
+        stacks, sent = [], [None] * len(split)
+        for g, ids in enumerate(split):
+            obs, _ = groups[g].reset(seed=seeds[ids])
+            stacks.append(Stacks(frames(obs), cfg.env.frame_stack))
+            for i, first in zip(ids, frames(obs)):
+                hand_out(i, first)
+        for g in range(len(split)):
+            act(g)
+        playing = list(range(len(split)))
+        while playing:
+            for g in list(playing):
+                record(g)
+                if any(episodes[i] is not None for i in split[g]):
+                    act(g)
+                else:
+                    playing.remove(g)
     finally:
-        envs.close()
+        for envs in groups:
+            envs.close()
     return n_actions
 
 

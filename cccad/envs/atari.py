@@ -49,16 +49,17 @@ def ale_rom(cfg: EnvConfig) -> str:
     return gym.spec(cfg.game).kwargs["game"]
 
 
-def vector_env(cfg: EnvConfig, n_envs: int, max_episode_steps: int | None):
+def vector_env(cfg: EnvConfig, n_envs: int, max_episode_steps: int | None, n_threads: int | None = None):
     """`n_envs` envs of ALE's own vectorised env: emulation, frame skip, resize and grey in C++
-    threads (as many as the process's CPUs, at most one per env), stepped together. Observations
+    threads (`n_threads`, else as many as the process's CPUs; at most one per env), stepped
+    together (`step`, or `send` that returns at once and `recv` that waits). Observations
     are single frames (see `frames`); an env that ends an episode starts the next in the same step:
     its frame is the new episode's first, the last one is `info["final_obs"]`. Rewards unclipped,
     no no-op starts, life losses do not end episodes: the dataset records the game as it is."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(
-        ale_rom(cfg), n_envs, num_threads=min(threads(), n_envs), img_height=cfg.frame_size, img_width=cfg.frame_size,
+        ale_rom(cfg), n_envs, num_threads=min(n_threads or threads(), n_envs), img_height=cfg.frame_size, img_width=cfg.frame_size,
         grayscale=cfg.grayscale, stack_num=1, frameskip=cfg.frame_skip, maxpool=False, noop_max=0,
         repeat_action_probability=cfg.sticky_actions, reward_clipping=False, use_fire_reset=False,
         episodic_life=False, max_num_frames_per_episode=(max_episode_steps or 27_000) * cfg.frame_skip,
