@@ -52,7 +52,7 @@ def test_graph_runs_every_stage_with_the_seed_output_folders(study):
     assert again.stdout.count("[cached]") == 10
 
 
-def test_collector_records_what_the_env_gave(study):
+def test_collector_records_what_the_env_gave(study, tmp_path):
     from cccad.envs.atari import frames as as_frames, vector_env
     cfg = run_config(study, "collect-assault-seed0")
     ds = open_collected(study[1] / "collect-assault-seed0" / "dataset", cfg)
@@ -90,6 +90,16 @@ def test_collector_records_what_the_env_gave(study):
             assert done
         replay.close()
     assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
+    # collecting again with the same agent records the same episodes, step for step
+    from cccad.data.store import DatasetWriter, open_dataset
+    from cccad.data.transitions import collect_transitions, train_agent
+    policy, _ = train_agent(cfg, study[1] / "collect-assault-seed0" / "agent")
+    writer = DatasetWriter(tmp_path / "again", "atari_transitions", {}, "again")
+    stats = collect_transitions(cfg, policy, writer)
+    writer.commit({"transitions": stats["transitions"]}, stats)
+    again = open_dataset(tmp_path / "again")
+    for key in ("frames", "actions", "rewards", "random_action", "episode_env", "episode_is_val"):
+        np.testing.assert_array_equal(np.asarray(again[key]), np.asarray(ds[key]), err_msg=key)
     # the floor: uniform actions in the same envs, seeds and number of episodes, the same on every run
     from cccad.data.transitions import random_policy_returns
     floor = random_policy_returns(cfg)
