@@ -243,6 +243,8 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
                 hand_out(i, new[j])
         stacks[g].push(new, done)
 
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a policy batch of 4 gains little from more, and ALE's threads want the cores
     try:
         stacks, sent = [], [None] * len(split)
         for g, ids in enumerate(split):
@@ -263,6 +265,7 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
     finally:
         for envs in groups:
             envs.close()
+        torch.set_num_threads(torch_threads)
     return n_actions
 
 
