@@ -151,15 +151,20 @@ class Array:
     name: str
     stage: str
     tasks: list[Task]  # in row order: (env, seed) rows of the family
-    needs: list["Array"]  # aftercorr
+    needs: list["Array"]  # arrays with the same rows: task i waits for their task i (aftercorr)
+    waits: list["Array"]  # arrays with other rows (one run serving every seed): all of them (afterok)
     resources: Resources
 
+    def dependency(self, job_ids: dict[str, str] | None = None) -> str | None:
+        """sbatch's --dependency (job ids of needed arrays as <name> until submitted)."""
+        ids = lambda arrays: ":".join((job_ids or {}).get(a.name, f"<{a.name}>") for a in arrays)
+        parts = [f"aftercorr:{ids(self.needs)}"] * bool(self.needs) + [f"afterok:{ids(self.waits)}"] * bool(self.waits)
+        return ",".join(parts) or None
+
     def sbatch_options(self, profile: Profile, job_ids: dict[str, str] | None = None) -> list[str]:
-        """The array's sbatch options (job ids of needed arrays as <name> until submitted)."""
         opts = [f"--array=0-{len(self.tasks) - 1}%{profile.array_parallelism}"]
-        if self.needs:
-            ids = [(job_ids or {}).get(a.name, f"<{a.name}>") for a in self.needs]
-            opts += [f"--dependency=aftercorr:{':'.join(ids)}", "--kill-on-invalid-dep=yes"]
+        if dependency := self.dependency(job_ids):
+            opts += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
         return opts
 
 
@@ -179,9 +184,10 @@ def plan(tasks: list[Task], profile: Profile) -> list[Array]:
         name = "-".join([stage] + [variant] * bool(variant) + [fam] * several_families)
         needs = [arrays[key] for key in dict.fromkeys((n.stage, n.variant, fam) for n in members[0].needs)
                  if key in arrays]
-        for need in needs:  # aftercorr pairs task i with task i: the rows must line up
-            assert [(t.env, t.seed) for t in need.tasks] == [(t.env, t.seed) for t in members], (name, need.name)
-        arrays[(stage, variant, fam)] = Array(name, stage, members, needs, profile.resources(stage))
+        mine = [(t.env, t.seed) for t in members]
+        same_rows = [a for a in needs if [(t.env, t.seed) for t in a.tasks] == mine]  # aftercorr pairs task i with task i
+        arrays[(stage, variant, fam)] = Array(name, stage, members, same_rows, [a for a in needs if a not in same_rows],
+                                              profile.resources(stage))
     return list(arrays.values())
 
 
@@ -199,8 +205,9 @@ def describe(arrays: list[Array], profile: Profile, job_ids: dict[str, str] | No
                  + (f" job {report}" if report else ""))
     lines.append(f"{'':{width}}         --dependency=afterany:" + ":".join(
         (job_ids or {}).get(a.name, f"<{a.name}>") for a in arrays) + "  (cccad report, once every array has ended)")
-    rows = [f"{i}: {t.env} seed {t.seed}" for i, t in enumerate(arrays[0].tasks)]
-    lines.append(f"array task index -> row ({arrays[0].name}): " + ", ".join(rows))
+    widest = max(arrays, key=lambda a: len(a.tasks))
+    rows = [f"{i}: {t.env} seed {t.seed}" for i, t in enumerate(widest.tasks)]
+    lines.append(f"array task index -> row ({widest.name}): " + ", ".join(rows))
     return lines
 
 
@@ -358,7 +365,7 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
               "arrays": [{"name": a.name, "stage": a.stage, "job_id": job_ids[a.name],
                           "tasks": {t.name: f"{job_ids[a.name]}_{i}" if len(a.tasks) > 1 else job_ids[a.name]
                                     for i, t in enumerate(a.tasks)},
-                          "needs": [n.name for n in a.needs]} for a in arrays]}
+                          "needs": [n.name for n in a.needs + a.waits]} for a in arrays]}
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{job_ids[arrays[0].name]}"
     atomic_write_json(root / ".submit" / f"{stamp}.json", record)
     for line in describe(arrays, profile, job_ids):
@@ -402,9 +409,9 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
         with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint; it is said below
             for array in arrays:
                 name = array.name
-                ex = executor(array.resources, name,
-                              f"aftercorr:{':'.join(job_ids[a.name] for a in array.needs)}" if array.needs
-                              else f"afterany:{gate}", **({"kill-on-invalid-dep": "yes"} if array.needs else {}))
+                dependency = array.dependency(job_ids)
+                ex = executor(array.resources, name, dependency or f"afterany:{gate}",
+                              **({"kill-on-invalid-dep": "yes"} if dependency else {}))
                 with ex.batch():
                     jobs = [ex.submit(StageJob(*study_args, t.name, profile.env, profile.container()))
                             for t in array.tasks]

@@ -313,8 +313,8 @@ class ProbeConfig:
 
 @dataclass
 class AtariConfig:
-    """World-model data (`collect` on an Atari env): a stable-baselines3 PPO agent (CnnPolicy)
-    learns the game, then plays `episodes` episodes, each action random with `random_action_share`."""
+    """World-model data: a stable-baselines3 PPO agent (CnnPolicy) learns the game (`train_agent`),
+    then plays `episodes` episodes, each action random with `random_action_share` (`collect`)."""
     ppo_timesteps: int = 200000  # the agent's training budget (agent steps)
     ppo_n_envs: int = 8  # vectorised envs for PPO training
     ppo_n_steps: int = 128  # rollout length per env
@@ -325,6 +325,9 @@ class AtariConfig:
     ppo_clip_range: float = 0.1
     ppo_gamma: float = 0.99
     ppo_clip_rewards: bool = True  # the agent learns from each reward's sign (the dataset keeps the game's rewards)
+    # the agent's training seed; null: the run's seed. Set, one agent serves every seed of a study
+    # (its train_agent runs once) and each seed collects its own episodes with it
+    agent_seed: int | None = None
     episodes: int = 100  # episodes collected into the dataset
     max_episode_steps: int = 2000  # an episode is truncated (done) after this many agent steps
     random_action_share: float = 0.1  # share of collected actions drawn uniformly at random
@@ -388,6 +391,7 @@ class InputsConfig:
     """What a stage reads from other runs: paths, which the study runner fills in from the
     upstream tasks (by hand: give them on the command line). Never part of a run's identity: that
     is decided by the config that made the input (its own sections), not by where it lies."""
+    agent: str = ""  # a train_agent run's agent folder (Atari collect)
     dataset: str = ""  # a collect run's dataset folder
     pretrained_encoder_path: str = ""  # a pretrain_encoder run's encoder-pretrained-final.pt (CompressedAD)
     train_run: str = ""  # a train run folder (evaluate, probe)
@@ -396,7 +400,7 @@ class InputsConfig:
 
 
 # every stage (a module of cccad/stages), in dependency order: the one list of them
-STAGE_NAMES = ("collect", "pretrain_encoder", "train", "probe", "evaluate", "train_encoder_decoder", "train_jepa",
+STAGE_NAMES = ("train_agent", "collect", "pretrain_encoder", "train", "probe", "evaluate", "train_encoder_decoder", "train_jepa",
                "train_jepa_decoder", "train_reward_predictor", "train_dynamics_reward_predictor")
 
 

@@ -1,6 +1,6 @@
 """A study: the stage graph of each env's family (Darkroom: collect -> pretrain_encoder -> train ->
-evaluate, probe; Atari: collect -> train_encoder_decoder, train_jepa -> probes), expanded over
-seeds and variants into tasks.
+evaluate, probe; Atari: train_agent -> collect -> train_encoder_decoder, train_jepa -> probes),
+expanded over seeds and variants into tasks.
 
 Run folders are `runs/<study>/{stage}-{env}-seed{seed}` (per-variant stages:
 `{stage}-{variant}-{env}-seed{seed}`). Every task's config is resolved, and so validated, when the
@@ -20,7 +20,7 @@ from pathlib import Path
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
 from cccad.fs import atomic_write_text, locked, taken_over
 from cccad.runinfo import LOG, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
-from cccad.stages import STAGES
+from cccad.stages import STAGES, needs
 from cccad.trainer import EXIT_INTERRUPTED
 
 
@@ -73,15 +73,23 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
     st = base.study
     out = Path(runs_root) / st.name
     stages = [s for s in STAGES if s in st.stages]  # registry order is dependency order
+    env_layers = {env: env_layer(study_file, env) for env in st.envs}
+    families = {env: load_config(study_file, overrides, extra=[env_layers[env]]).env.family for env in st.envs}
     for s in stages:
-        for need in STAGES[s].NEEDS:
-            if need not in stages:
-                raise ConfigError(f"{study_file}: study.stages: '{s}' needs '{need}', which is not listed")
+        for family in dict.fromkeys(families.values()):
+            for need in needs(s, family) if family in STAGES[s].FAMILIES else ():
+                if need not in stages:
+                    raise ConfigError(f"{study_file}: study.stages: '{s}' needs '{need}' for {family} envs, "
+                                      "which is not listed")
     tasks: list[Task] = []
     index: dict[tuple, Task] = {}
-
-    env_layers = {env: env_layer(study_file, env) for env in st.envs}
     hashes: dict[tuple, str] = {}
+
+    def stage_hash(stage: str, env: str, seed: int, variant: str | None) -> str:
+        if (stage, env, seed, variant) not in hashes:
+            cfg = load_config(study_file, overrides, extra=layers(env, seed, variant))
+            hashes[(stage, env, seed, variant)] = run_hash(cfg, stage)
+        return hashes[(stage, env, seed, variant)]
 
     def layers(env: str, seed: int, variant: str | None) -> list:
         extra = [env_layers[env], ({"seed": seed}, f"{study_file} (study.seeds)")]
@@ -96,18 +104,18 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
         (e.g. a variant's encoder kind, for pre-training); else the shared run."""
         if variant is None or STAGES[need].PER_VARIANT:
             return variant
-        for v in (None, variant):
-            if (need, env, seed, v) not in hashes:
-                hashes[(need, env, seed, v)] = run_hash(load_config(study_file, overrides, extra=layers(env, seed, v)), need)
-        return variant if hashes[(need, env, seed, None)] != hashes[(need, env, seed, variant)] else None
+        return variant if stage_hash(need, env, seed, None) != stage_hash(need, env, seed, variant) else None
 
     def make(stage: str, env: str, seed: int, variant: str | None) -> Task:
+        mod = STAGES[stage]
+        wanted = list(needs(stage, families[env]))
+        first = st.seeds[0]
+        if not wanted and seed != first and stage_hash(stage, env, seed, variant) == stage_hash(stage, env, first, variant):
+            seed = first  # reads no run and the seed does not decide its outputs: one run serves every seed
         if (stage, env, seed, variant) in index:
             return index[(stage, env, seed, variant)]
-        mod = STAGES[stage]
         extra = layers(env, seed, variant)
-        wanted = list(mod.NEEDS)
-        optional = [u for u in mod.INPUT_KEYS if u not in mod.NEEDS]
+        optional = [u for u in mod.INPUT_KEYS if u not in wanted and families[env] in STAGES[u].FAMILIES]
         if optional:  # wired where the task's config asks for "@<stage>"
             plain = load_config(study_file, overrides, extra=extra)
             for up in optional:
@@ -117,24 +125,23 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
                     if up not in stages:
                         raise ConfigError(f"{study_file}: {key}: '@{up}' but study.stages does not list '{up}'")
                     wanted.append(up)
-        needs, inputs = [], {}
+        upstream, inputs = [], {}
         for need in wanted:
             up = make(need, env, seed, upstream_variant(need, env, seed, variant))
-            needs.append(up)
+            upstream.append(up)
             key, inside = mod.INPUT_KEYS[need]
             section, name = key.split(".")
             inputs.setdefault(section, {})[name] = str((up.run_dir / inside).resolve())
         cfg = load_config(study_file, overrides, extra=extra + [(inputs, "study runner")])
-        task = Task(stage, env, seed, variant, out / run_folder(stage, env, seed, variant), cfg, needs)
+        task = Task(stage, env, seed, variant, out / run_folder(stage, env, seed, variant), cfg, upstream)
         index[(stage, env, seed, variant)] = task
         tasks.append(task)
         return task
 
     for env in st.envs:
-        family = load_config(study_file, overrides, extra=[env_layers[env]]).env.family
         for seed in st.seeds:
             for stage in stages:
-                if family in STAGES[stage].FAMILIES:  # each env runs its family's part of the graph
+                if families[env] in STAGES[stage].FAMILIES:  # each env runs its family's part of the graph
                     for variant in (st.variants if STAGES[stage].PER_VARIANT else [None]):
                         make(stage, env, seed, variant)
     for stage in stages:

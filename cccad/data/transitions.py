@@ -34,10 +34,14 @@ from cccad.runtime import device, threads
 AGENT_FILE = "ppo_policy.pt"
 
 
+def agent_seed(cfg: Config) -> int:
+    return cfg.seed if cfg.atari.agent_seed is None else cfg.atari.agent_seed
+
+
 def agent_config(cfg: Config) -> dict:
-    """What decides the agent: a saved agent is reused only when this matches."""
+    """What decides the agent: a saved agent is loaded only when this matches."""
     a = cfg.to_dict()["atari"]
-    return {"seed": cfg.seed, "env": {k: getattr(cfg.env, k) for k in ATARI_KEYS},
+    return {"seed": agent_seed(cfg), "env": {k: getattr(cfg.env, k) for k in ATARI_KEYS},
             "atari": {k: v for k, v in a.items() if k.startswith("ppo_")} | {"max_episode_steps": a["max_episode_steps"]}}
 
 
@@ -103,31 +107,39 @@ def make_agent(cfg: Config):
 
     a = cfg.atari
     envs = AgentEnvs(cfg)
-    envs.seed(cfg.seed)
+    envs.seed(agent_seed(cfg))
     return PPO("CnnPolicy", envs, n_steps=a.ppo_n_steps, batch_size=a.ppo_batch_size, n_epochs=a.ppo_n_epochs,
                learning_rate=a.ppo_lr, ent_coef=a.ppo_ent_coef, clip_range=a.ppo_clip_range, gamma=a.ppo_gamma,
-               seed=cfg.seed, device=device(), verbose=0)
+               seed=agent_seed(cfg), device=device(), verbose=0)
 
 
-def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Module, dict]:
-    """The PPO agent's policy: trained and saved (weights only, loadable without pickle), or
-    reused from `agent_dir` when it was trained by the same config."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
+def saved_agent(cfg: Config, agent_dir: str | Path) -> dict:
+    """A trained agent saved in `agent_dir` (weights, the returns of its training episodes, its
+    training seconds), refused unless this config trained it."""
     path = Path(agent_dir) / AGENT_FILE
-    expect = agent_config(cfg)
-    if path.exists():  # checked before the envs start
-        state = load_checkpoint(path, ("policy_state_dict", "config_hash", "config", "returns"))
-        if state["config_hash"] != config_hash(expect):
-            raise CheckpointError(f"{path}: agent trained by another config (delete it to retrain)")
-        agent = make_agent(cfg)
-        agent.policy.load_state_dict(state["policy_state_dict"])
-        log(f"reused PPO agent {path}")
-        return agent.policy, {"reused": True, "returns": state["returns"], "seconds": 0.0}
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no trained PPO agent")
+    state = load_checkpoint(path, ("policy_state_dict", "config_hash", "config", "returns", "seconds"))
+    if state["config_hash"] != config_hash(agent_config(cfg)):
+        raise CheckpointError(f"{path}: agent trained by another config (its atari.ppo_* keys, seed or game differ)")
+    return state
+
+
+def load_agent(cfg: Config, agent_dir: str | Path) -> torch.nn.Module:
+    """The policy of the agent saved in `agent_dir` for this config."""
+    state = saved_agent(cfg, agent_dir)
+    policy = make_agent(cfg).policy
+    policy.load_state_dict(state["policy_state_dict"])
+    return policy
+
+
+def train_agent(cfg: Config, agent_dir: Path, log=print) -> dict:
+    """Train the PPO agent for `atari.ppo_timesteps` and save it in `agent_dir` (weights only,
+    loadable without pickle, with its training episodes' returns and seconds); returns those."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
     agent = make_agent(cfg)
     returns: list[list[float]] = []
-
     every = max(1, cfg.atari.ppo_timesteps // 10)
 
     class EpisodeReturns(BaseCallback):
@@ -146,11 +158,13 @@ def train_agent(cfg: Config, agent_dir: Path, log=print) -> tuple[torch.nn.Modul
     t0 = time.perf_counter()
     agent.learn(total_timesteps=cfg.atari.ppo_timesteps, callback=EpisodeReturns())
     seconds = time.perf_counter() - t0
-    atomic_torch_save(path, {"policy_state_dict": agent.policy.state_dict(), "config": expect,
-                             "config_hash": config_hash(expect), "returns": returns})
+    expect = agent_config(cfg)
+    atomic_torch_save(Path(agent_dir) / AGENT_FILE, {"policy_state_dict": agent.policy.state_dict(), "config": expect,
+                                                    "config_hash": config_hash(expect), "returns": returns,
+                                                    "seconds": seconds})
     log(f"trained PPO agent for {cfg.atari.ppo_timesteps:,} steps in {seconds:.0f}s "
         f"({len(returns)} episodes, last 10 mean return {np.mean([r for _, r in returns[-10:]] or [0]):.1f})")
-    return agent.policy, {"reused": False, "returns": returns, "seconds": seconds}
+    return {"returns": returns, "seconds": seconds}
 
 
 def env_seed(cfg: Config, env: int) -> int:

@@ -1,11 +1,13 @@
 """Stages: each is a small module with the same names, so the CLI, the local runner and the
 cluster submitter treat them alike.
 
-    NEEDS        upstream stages whose run folder this stage reads
+    NEEDS        upstream stages whose run folder this stage reads (or {family: those stages}, when
+                 they differ by env family)
     INPUT_KEYS   {upstream stage: (config key, path inside the upstream run folder it receives)};
                  an upstream not in NEEDS is wired when a variant sets its key to "@<stage>"
     PER_VARIANT  whether the stage runs once per study variant; a shared stage runs once, and again
-                 for a variant that changes what decides its outputs and reads them
+                 for a variant that changes what decides its outputs and reads them. A stage that
+                 needs none runs once for all seeds when the seed does not decide its outputs
     FAMILIES     the env families it runs for ("darkroom", "atari"); a study runs, for each env,
                  the listed stages of that env's family
     TRAINS       whether it trains through the training loop, and so may run as several
@@ -28,3 +30,9 @@ from importlib import import_module
 from cccad.config import STAGE_NAMES
 
 STAGES = {name: import_module(f"cccad.stages.{name}") for name in STAGE_NAMES}
+
+
+def needs(stage: str, family: str) -> tuple[str, ...]:
+    """The upstream stages `stage` reads for an env of `family`."""
+    n = STAGES[stage].NEEDS
+    return n.get(family, ()) if isinstance(n, dict) else n

@@ -1,6 +1,7 @@
-"""Stage `collect`: Darkroom family: record the source algorithm's learning histories; Atari:
-train a PPO agent, then record its transitions. Either way into one dataset, reused when it exists
-and matches the config."""
+"""Stage `collect`: Darkroom family: record the source algorithm's learning histories; Atari: the
+PPO agent of `train_agent` plays, and its transitions are recorded, beside the return of random
+actions in the same episodes. Either way into one dataset, reused when it exists and matches the
+config."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,42 +9,40 @@ from pathlib import Path
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from cccad.config import Config, config_hash
+from cccad.checkpoint import CheckpointError
+from cccad.config import Config, ConfigError, config_hash
 from cccad.data.collected import KIND, dataset_config, open_collected
 from cccad.data.histories import collect_histories
 from cccad.data.store import DatasetError, DatasetWriter
 from cccad.plots import line_plot
 from cccad.sections import Column, Curves, Section
 
-NEEDS: tuple = ()
-INPUT_KEYS: dict = {}
+NEEDS = {"darkroom": (), "atari": ("train_agent",)}
+INPUT_KEYS = {"train_agent": ("inputs.agent", "agent")}
 PER_VARIANT = False
 FAMILIES = ("darkroom", "atari")
 TRAINS = False
 DATASET = "dataset"
-AGENT_DIR = "agent"
 
 
 REPORT = (Section(
-    "Data collection", "Transitions recorded, and the return of the source algorithm (Darkroom: the learner "
-    "whose histories are distilled; Atari: the PPO agent).",
+    "Data collection", "Transitions recorded, and the return of the source (Darkroom: the learner whose "
+    "histories are distilled; Atari: the collected episodes, the PPO agent's with a share of random actions, "
+    "against uniformly random actions in the same episodes).",
     (Column("transitions", lambda m: m.get("transitions"), 0),
      Column("source's last normalised return", lambda m: m.get("last_normalised_return")),
-     Column("PPO agent's last return", lambda m: m.get("agent_last_return"), 1),
      Column("collected episodes' return", lambda m: m.get("collected_mean_return"), 1),
      Column("random actions' return, same episodes", lambda m: m.get("random_policy_mean_return"), 1),
      Column("collected / random", lambda m: m.get("collected_over_random"), 2),
      Column("transitions/s", lambda m: m.get("transitions_per_s"), 0)), labels=("env",),
     plots=(Curves("collect", "source algorithm during collection ({env})", "episode or step", "return",
-                  tags=("collect/normalised_return", "collect/agent_return")),)),)
+                  tags=("collect/normalised_return",)),)),)
 
 
 def summary(m: dict) -> str:
-    if "agent_seconds" in m:  # Atari
-        agent = m.get("agent_last_return")
-        return (f"{m['transitions']:,} transitions" + (f", the PPO agent's last return {agent:.1f}" if agent is not None else "")
-                + f"; collected episodes' return {m['collected_mean_return']:.1f}, random actions' in the same episodes "
-                f"{m['random_policy_mean_return']:.1f}")
+    if "collected_mean_return" in m:  # Atari
+        return (f"{m['transitions']:,} transitions; collected episodes' return {m['collected_mean_return']:.1f}, "
+                f"random actions' in the same episodes {m['random_policy_mean_return']:.1f}")
     return f"{m['transitions']:,} transitions, the source's last normalised return {m['last_normalised_return']:.3f}"
 
 
@@ -53,8 +52,16 @@ def decided_by(cfg: Config) -> dict:
 
 def preflight(cfg: Config) -> None:
     if cfg.env.family == "atari":
+        from cccad.data.transitions import saved_agent
         from cccad.envs.atari import check_game
         check_game(cfg.env)
+        if not cfg.inputs.agent:
+            raise ConfigError("inputs.agent: not set (the agent folder of a train_agent run; an Atari collect plays "
+                              "a trained agent)")
+        try:
+            saved_agent(cfg, cfg.inputs.agent)
+        except CheckpointError as e:
+            raise ConfigError(f"inputs.agent: {e}") from None
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -106,33 +113,17 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
 
 
 def run_atari(cfg: Config, run_dir: Path, log=print) -> dict:
-    from cccad.data.transitions import collect_transitions, random_policy_returns, train_agent
-
-    agent = {}
+    from cccad.data.transitions import collect_transitions, load_agent, random_policy_returns
 
     def collect(writer):
-        policy, info = train_agent(cfg, Path(run_dir) / AGENT_DIR, log)
-        agent.update(info)
-        stats = collect_transitions(cfg, policy, writer)
-        return {**stats, "agent_returns": info["returns"], "agent_seconds": info["seconds"],
-                "random_returns": random_policy_returns(cfg)}
+        stats = collect_transitions(cfg, load_agent(cfg, cfg.inputs.agent), writer)
+        return {**stats, "random_returns": random_policy_returns(cfg)}
 
     stats = load_or_collect(cfg, run_dir, collect, log)
-    agent_returns = stats["agent_returns"]
-    if agent_returns:
-        with SummaryWriter(Path(run_dir) / "tb") as tb:
-            for steps, r in agent_returns:
-                tb.add_scalar("collect/agent_return", r, int(steps))
-        line_plot(Path(run_dir) / "agent_return.png", {"PPO agent": [r for _, r in agent_returns]},
-                  f"PPO agent learning curve ({cfg.env.game})", "training episode", "return")
     ds = open_collected(Path(run_dir) / DATASET, cfg, verify=False)
     returns = np.asarray(ds["episode_return"])
-    tenth = max(1, len(agent_returns) // 10)
     return {"transitions": stats["transitions"], "episodes": stats["episodes"],
             "transitions_per_s": stats["transitions_per_s"], "collect_seconds": stats["seconds"],
-            "agent_seconds": stats["agent_seconds"], "agent_reused": agent.get("reused"),  # None: dataset reused
-            "agent_first_return": float(np.mean([r for _, r in agent_returns[:tenth]])) if agent_returns else None,
-            "agent_last_return": float(np.mean([r for _, r in agent_returns[-tenth:]])) if agent_returns else None,
             "collected_mean_return": float(returns.mean()), "val_episodes": stats["val_episodes"],
             "random_policy_mean_return": float(np.mean(stats["random_returns"])),
             "collected_over_random": float(returns.mean() / max(np.mean(stats["random_returns"]), 1e-9)),
