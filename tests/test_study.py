@@ -161,3 +161,26 @@ def test_a_variant_that_changes_a_shared_stage_gets_its_own_run_of_it(tmp_path):
     assert (f"| darkroom | cross - self | validation correlation (pretrain_encoder) | 1 | "
             f"{corr[own] - corr[shared]:.3f} |") in report, report
     assert "| frozen - self | validation correlation" not in report
+
+
+def test_one_agent_serves_every_seed_when_the_seed_does_not_decide_it(tmp_path):
+    """With atari.agent_seed, train_agent's outputs do not depend on the study's seed: one run, which
+    every seed's collect plays (each collecting its own episodes); a cluster array waits for all of
+    it (afterok) where the rows do not line up. Without it, an agent per seed."""
+    from cccad.cluster import load_profile, plan
+    from cccad.study import build_tasks
+    from conftest import CONFIGS, ROOT
+    smoke = CONFIGS / "studies" / "worldmodel_smoke.yaml"
+    _, tasks = build_tasks(smoke, ["study.seeds=[0,1,2]", "atari.agent_seed=0"], tmp_path)
+    agents = [t for t in tasks if t.stage == "train_agent"]
+    collects = [t for t in tasks if t.stage == "collect"]
+    assert [t.name for t in agents] == ["train-agent-assault-seed0"]
+    assert [t.config.seed for t in collects] == [0, 1, 2] and all(t.needs == agents for t in collects)
+    assert {t.config.inputs.agent for t in collects} == {str((agents[0].run_dir / "agent").resolve())}
+    arrays = {a.name: a for a in plan(tasks, load_profile(ROOT / "slurm" / "profiles" / "local.yaml"))}
+    assert arrays["collect"].dependency({"train_agent": "7", "collect": "8"}) == "afterok:7"
+    assert arrays["train_encoder_decoder"].dependency({"collect": "8"}) == "aftercorr:8"
+    _, tasks = build_tasks(smoke, ["study.seeds=[0,1]"], tmp_path)
+    assert [t.name for t in tasks if t.stage == "train_agent"] == ["train-agent-assault-seed0", "train-agent-assault-seed1"]
+    arrays = {a.name: a for a in plan(tasks, load_profile(ROOT / "slurm" / "profiles" / "local.yaml"))}
+    assert arrays["collect"].dependency({"train_agent": "7"}) == "aftercorr:7"

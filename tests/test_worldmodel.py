@@ -29,8 +29,8 @@ def metrics(study, name):
 
 def test_graph_runs_every_stage_with_the_seed_output_folders(study):
     file, root, proc = study
-    assert proc.stdout.count("[done]") == 10  # collect, encoder-decoder, and 4 stages per JEPA variant
-    for path in ("train-encoder-decoder-assault-seed0/weights/encoder_decoder/model.pt",
+    assert proc.stdout.count("[done]") == 11  # the agent, collect, encoder-decoder, and 4 stages per JEPA variant
+    for path in ("train-agent-assault-seed0/agent/ppo_policy.pt", "train-agent-assault-seed0/agent_return.png","train-encoder-decoder-assault-seed0/weights/encoder_decoder/model.pt",
                  "train-jepa-JEPA-assault-seed0/weights/jepa/model.pt",
                  "train-jepa-decoder-JEPA-assault-seed0/weights/jepa_decoder/model.pt",
                  "train-reward-predictor-JEPA-assault-seed0/weights/jepa/reward_predictor/model.pt",
@@ -45,11 +45,18 @@ def test_graph_runs_every_stage_with_the_seed_output_folders(study):
     # probes report held-out metrics beside their floors
     dec = metrics(study, "train-jepa-decoder-JEPA-assault-seed0")
     assert 0 < dec["decoder_l1"] < 1 and 0 < dec["mean_frame_l1"] < 1 and dec["val_samples"] == 128
+    # beside it, the encoder-decoder scored on the same held-out transitions, as its own run scored it
+    ed = metrics(study, "train-encoder-decoder-assault-seed0")
+    for key in ("decoder_l1", "copy_frame_l1", "change_skill"):
+        assert math.isclose(dec["encoder_decoder"][key], ed[key], rel_tol=1e-5), key
+    report = (root / "report" / "report.md").read_text()
+    assert (f"| assault | JEPA | JEPA decoder probe - encoder-decoder | 1/1 | "
+            f"{dec['decoder_l1'] - ed['decoder_l1']:.4f} |") in report, report
     for stage in ("train-reward-predictor", "train-dynamics-reward-predictor"):
         m = metrics(study, f"{stage}-JEPA-assault-seed0")
         assert set(m["per_encoder"]) == {"jepa", "encoder_decoder"} and m["mean_reward_mse"] >= 0
     again = cccad("local", file, "--runs", root.parent)
-    assert again.stdout.count("[cached]") == 10
+    assert again.stdout.count("[cached]") == 11
 
 
 def test_collector_records_what_the_env_gave(study, tmp_path):
@@ -92,8 +99,8 @@ def test_collector_records_what_the_env_gave(study, tmp_path):
     assert np.asarray(ds["rewards"]).sum() > 0  # the test saw real rewards
     # collecting again with the same agent records the same episodes, step for step
     from cccad.data.store import DatasetWriter, open_dataset
-    from cccad.data.transitions import collect_transitions, train_agent
-    policy, _ = train_agent(cfg, study[1] / "collect-assault-seed0" / "agent")
+    from cccad.data.transitions import collect_transitions, load_agent
+    policy = load_agent(cfg, cfg.inputs.agent)
     writer = DatasetWriter(tmp_path / "again", "atari_transitions", {}, "again")
     stats = collect_transitions(cfg, policy, writer)
     writer.commit({"transitions": stats["transitions"]}, stats)
@@ -152,18 +159,27 @@ def test_the_agents_envs_stack_clip_and_count_as_the_dataset_does():
     assert learned.sum() >= sum(r for r, _ in ended) / 21
 
 
-def test_second_collect_loads_and_the_agent_is_reused(study, tmp_path):
+def test_second_runs_find_the_agent_and_the_dataset_and_collect_plays_only_its_agent(study, tmp_path):
     file, root, _ = study
+    agent_cfg = root / ".tasks" / "train-agent-assault-seed0.yaml"
+    proc = cccad("run", "train_agent", "-c", agent_cfg, "--out", root / "train-agent-assault-seed0")
+    assert "found the trained PPO agent" in proc.stdout and "trained PPO agent for" not in proc.stdout
     out = root / "collect-assault-seed0"
     cfg_file = root / ".tasks" / "collect-assault-seed0.yaml"
     proc = cccad("run", "collect", "-c", cfg_file, "--out", out)
-    assert "loaded existing dataset" in proc.stdout and "trained PPO agent" not in proc.stdout
-    # a new dataset (more episodes) from the same agent: the agent is reused, not retrained
-    (tmp_path / "agent").symlink_to(out / "agent")
-    proc = cccad("run", "collect", "-c", cfg_file, "--out", tmp_path, "atari.episodes=3")
-    assert "reused PPO agent" in proc.stdout and "collected" in proc.stdout
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["episodes"] == 3 and m["agent_reused"] is True
+    assert "loaded existing dataset" in proc.stdout
+    # a new dataset (fewer episodes) from the same agent
+    proc = cccad("run", "collect", "-c", cfg_file, "--out", tmp_path / "c3", "atari.episodes=3")
+    assert "collected" in proc.stdout
+    assert json.loads((tmp_path / "c3" / "metrics.json").read_text())["episodes"] == 3
+    # an agent another config trained, or none: refused in one line before any play
+    for override, says in (("atari.ppo_lr=0.001", "agent trained by another config"), ("inputs.agent=", "inputs.agent: not set")):
+        proc = cccad("run", "collect", "-c", cfg_file, "--out", tmp_path / "bad", override, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "bad" / "dataset").exists()
+    # the agent's report section: its training episodes' returns
+    m = metrics(study, "train-agent-assault-seed0")
+    assert m["agent_steps"] == 512 and m["agent_episodes"] == len(m["return_curve"]) and m["agent_seconds"] > 0
 
 
 def test_losses_fall(study):

@@ -137,12 +137,19 @@ def trained_run(cfg: Config, name: str) -> Path:
     return Path(getattr(cfg.inputs, f"{name}_run"))
 
 
+def decode_next(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The encoder-decoder's next frame: decode the latent its predictor gives for (s_t, a_t)."""
+    return model.decoder(model.predictor(model.encoder(batch["state"]), batch["action"]))
+
+
 def load_frozen(cfg: Config, name: str, parts=("encoder", "predictor")) -> nn.ModuleDict:
-    """The encoder (and predictor) a world-model run trained, refused unless built and fed as
-    this config builds and feeds them."""
+    """The nets (`parts`: encoder, predictor, the encoder-decoder's decoder) a world-model run
+    trained, frozen, refused unless built and fed as this config builds and feeds them."""
     path = trained_run(cfg, name) / WEIGHTS[name]
     state = load_matching(path, tuple(f"{p}_state_dict" for p in parts) + ("n_actions",), cfg.to_dict(), NET_CONFIG)
     nets = nn.ModuleDict({"encoder": build_encoder(cfg), "predictor": Predictor(cfg.world_model, state["n_actions"])})
+    if "decoder" in parts:
+        nets["decoder"] = build_decoder(cfg)
     for p in parts:
         load_weights(nets[p], state[f"{p}_state_dict"], path, prefix=f"{p}.")
     return nets.requires_grad_(False).eval()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cccad.config import Config
 from cccad.data.transitions import open_transitions
-from cccad.models.world_model import WEIGHTS, Predictor, build_decoder, build_encoder, next_frame, weights_file
+from cccad.models.world_model import WEIGHTS, Predictor, build_decoder, build_encoder, decode_next, next_frame, weights_file
 from cccad.trainer import Objective, fit
 from cccad.world_probes import decoding_section, decoding_summary, require_inputs, score_decoder, trained_by
 
@@ -39,10 +39,6 @@ def preflight(cfg: Config) -> None:
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
     return (Path(run_dir) / WEIGHTS["encoder_decoder"]).is_file()
-
-
-def decode_next(model, batch):
-    return model.decoder(model.predictor(model.encoder(batch["state"]), batch["action"]))
 
 
 def loss(model, batch):

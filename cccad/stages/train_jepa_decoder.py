@@ -1,6 +1,8 @@
 """Stage `train_jepa_decoder` (a probe of the JEPA): how much of the frame do JEPA's latents
 keep? The JEPA encoder and predictor are loaded and frozen (no gradients, eval mode); only a new
-decoder learns to turn the predicted z_{t+1}, standardised (`input_norm`), into the next frame (L1)."""
+decoder learns to turn the predicted z_{t+1}, standardised (`input_norm`), into the next frame (L1).
+The encoder-decoder of the same data is scored beside it on the same held-out transitions, so
+the report can pair the two per seed."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -12,19 +14,21 @@ import torch.nn.functional as F
 
 from cccad.config import Config
 from cccad.data.transitions import open_transitions
-from cccad.models.world_model import build_decoder, input_norm, load_frozen, next_frame
+from cccad.models.world_model import build_decoder, decode_next, input_norm, load_frozen, next_frame
 from cccad.sections import Column
 from cccad.trainer import Objective, fit
-from cccad.world_probes import decoding_section, decoding_summary, DECODED_FRAMES, require_inputs, score_decoder, trained_by
+from cccad.world_probes import (DECODED_FRAMES, decoder_scores, decoding_against_encoder_decoder, decoding_section,
+                                decoding_summary, require_inputs, score_decoder, trained_by)
 
-NEEDS = ("collect", "train_jepa")
-INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train_jepa": ("inputs.jepa_run", ".")}
+NEEDS = ("collect", "train_encoder_decoder", "train_jepa")
+INPUT_KEYS = {"collect": ("inputs.dataset", "dataset"), "train_encoder_decoder": ("inputs.encoder_decoder_run", "."),
+              "train_jepa": ("inputs.jepa_run", ".")}
 PER_VARIANT = True
 FAMILIES = ("atari",)
 TRAINS = True
 WEIGHTS = "weights/jepa_decoder/model.pt"
 
-REPORT = (decoding_section("JEPA + decoder probe"),)
+REPORT = (decoding_section("JEPA + decoder probe"), decoding_against_encoder_decoder())
 COMPARED = (Column("JEPA decoder L1", lambda m: m["decoder_l1"], 4),
             Column("JEPA decoder change skill", lambda m: m.get("change_skill")))
 summary = decoding_summary
@@ -35,7 +39,7 @@ def decided_by(cfg: Config) -> dict:
 
 
 def preflight(cfg: Config) -> None:
-    require_inputs(cfg, "jepa")
+    require_inputs(cfg, "jepa", "encoder_decoder")
 
 
 def outputs_valid(cfg: Config, run_dir: Path) -> bool:
@@ -69,4 +73,8 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         f"{sum(p.numel() for p in obj.model.parameters()):,} decoder parameters")
     result = fit(run_dir, cfg.for_probe(), obj, log=log)
     obj.model.eval()  # scored with the input norm's running statistics
-    return {**result, **score_decoder(cfg, data, decode, run_dir, "JEPA decoder probe", log)}
+    scores = score_decoder(cfg, data, decode, run_dir, "JEPA decoder probe", log)
+    ed = load_frozen(cfg, "encoder_decoder", parts=("encoder", "predictor", "decoder"))
+    ed_scores, _, _ = decoder_scores(cfg, data, lambda b: decode_next(ed, b))
+    log(f"encoder-decoder ({cfg.inputs.encoder_decoder_run}), same transitions: {decoding_summary(ed_scores)}")
+    return {**result, **scores, "encoder_decoder": ed_scores}
