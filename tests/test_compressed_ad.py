@@ -106,11 +106,13 @@ def test_learning_speed_reads_the_history():
     speed = learning_speed(history, cfg)
     # the trailing mean of 5 logged losses first <= 1.0 at the 8th row (mean of 1.0 .. 0.8 = 0.9)
     assert speed["steps_to_loss"] == 80 and speed["steps_to_return"] == 100
+    assert speed["mean_loss"] == pytest.approx(sum(loss) / len(loss)) and speed["mean_eval_return"] == pytest.approx(0.45)
     # a zigzag of +-0.1: its centred mean of 5 is +-0.02, so it oscillates by 0.08 about it
     zigzag = learning_speed([{"step": i, "loss": 1.0 + 0.1 * (-1) ** i} for i in range(40)], cfg)
     assert zigzag["loss_oscillation"] == pytest.approx(0.08)
     flat = learning_speed([{"step": r["step"], "loss": 1.5} for r in history], cfg)
     assert flat["steps_to_loss"] is None and flat["loss_oscillation"] == pytest.approx(0) and flat["steps_to_return"] is None
+    assert flat["mean_eval_return"] is None and flat["mean_loss"] == pytest.approx(1.5)
 
 
 def test_training_windows_start_at_episodes_when_aligned():

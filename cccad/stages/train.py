@@ -36,11 +36,15 @@ REPORT = (Section(
     "Action prediction (train)", "Cross-entropy of the next action on validation streams, against the uniform "
     "guess (chance loss); how fast it learned: steps until the training loss (moving average of "
     f"{SMOOTHING} logged steps) reached train.converged_loss, and until the held-out in-context return "
-    "(in-training evaluations) reached train.converged_return (- : not within the run); how steadily: the "
-    "loss's oscillation, the RMS of the logged training loss about its moving average over the second half.",
+    "(in-training evaluations) reached train.converged_return (- : not within the run), and without a threshold "
+    "the mean training loss over the run (the area under its curve per step: lower learned sooner) and the mean "
+    "held-out return over the in-training evaluations; how steadily: the loss's oscillation, the RMS of the logged "
+    "training loss about its moving average over the second half.",
     (Column("validation loss", lambda m: m.get("final_val_loss"), 4), Column("chance loss", lambda m: m.get("chance_loss"), 4),
      Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
      Column("steps to return", lambda m: m.get("steps_to_return"), 0),
+     Column("mean loss", lambda m: m.get("mean_loss"), 4),
+     Column("mean in-training return", lambda m: m.get("mean_eval_return")),
      Column("loss oscillation", lambda m: m.get("loss_oscillation"), 4),
      Column("samples/s", lambda m: m.get("samples_per_s"), 0))),)
 
@@ -48,6 +52,8 @@ REPORT = (Section(
 # what a study's comparisons between variants compare (cccad/report.py)
 COMPARED = (Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
             Column("steps to return", lambda m: m.get("steps_to_return"), 0),
+            Column("mean loss", lambda m: m.get("mean_loss"), 4),
+            Column("mean in-training return", lambda m: m.get("mean_eval_return")),
             Column("loss oscillation", lambda m: m.get("loss_oscillation"), 4),
             Column("validation loss", lambda m: m.get("final_val_loss"), 4))
 
@@ -118,8 +124,9 @@ def window_length(cfg: Config, rng: np.random.Generator) -> int:
 def learning_speed(history: list[dict], cfg: Config) -> dict:
     """Steps until the training loss's trailing moving average is at most train.converged_loss and
     until the in-training evaluation's return reaches train.converged_return (None: not within the
-    run); the loss's oscillation: the RMS of the logged loss about its centred moving average, over
-    the second half of the run."""
+    run); the mean logged loss and the mean in-training return (how soon it learned, with no
+    threshold); the loss's oscillation: the RMS of the logged loss about its centred moving average,
+    over the second half of the run."""
     steps = np.array([r["step"] for r in history])
     loss = np.array([r["loss"] for r in history])
     trailing = np.array([loss[max(0, i - SMOOTHING + 1):i + 1].mean() for i in range(len(loss))])
@@ -127,9 +134,11 @@ def learning_speed(history: list[dict], cfg: Config) -> dict:
     centred = np.convolve(loss, np.ones(SMOOTHING) / SMOOTHING, mode="valid")  # rows SMOOTHING//2 .. -SMOOTHING//2
     inner = loss[SMOOTHING // 2:len(loss) - SMOOTHING // 2]
     half = slice(len(inner) // 2, None)
+    returns = [r["eval_normalised_return"] for r in history if "eval_normalised_return" in r]
     reached = [r["step"] for r in history if r.get("eval_normalised_return", -1) >= cfg.train.converged_return]
     return {"steps_to_loss": int(steps[below[0]]) if len(below) else None,
             "steps_to_return": reached[0] if reached else None,
+            "mean_loss": float(loss.mean()), "mean_eval_return": float(np.mean(returns)) if returns else None,
             "loss_oscillation": float(np.sqrt(np.mean((inner[half] - centred[half]) ** 2))) if len(inner) > 1 else None,
             "converged_loss": cfg.train.converged_loss, "converged_return": cfg.train.converged_return}
 

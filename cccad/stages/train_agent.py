@@ -24,7 +24,8 @@ AGENT_DIR = "agent"
 REPORT = (Section(
     "PPO agent", "The agent that collects the world models' data: agent steps it trained for, its training "
     "time, and the mean return of the first and last tenth of its training episodes (the game's returns; "
-    "it learns from their signs when atari.ppo_clip_rewards is set).",
+    "it learns from their signs when atari.ppo_clip_rewards is set). With atari.agent_seed set, one agent, trained "
+    "once, serves every seed of the study: its row counts one run.",
     (Column("agent steps", lambda m: m.get("agent_steps"), 0),
      Column("training episodes", lambda m: m.get("agent_episodes"), 0),
      Column("first tenth's return", lambda m: m.get("agent_first_return"), 1),
