@@ -42,7 +42,7 @@ def main():
         data_dir = Path(tmp) / "dataset"
         writer = DatasetWriter(data_dir, KIND["atari"], expect, config_hash(expect))
         stats = collect_transitions(cfg, make_agent(cfg).policy, writer)
-        writer.commit({"transitions": stats["transitions"]}, stats | {"agent_returns": [], "agent_seconds": 0})
+        writer.commit({"transitions": stats["transitions"]}, stats)
         cfg = load_config(ROOT / "configs" / "studies" / "worldmodel.yaml", base + [f"inputs.dataset={data_dir}"])
         data = open_transitions(cfg)
         for name, stage in (("encoder-decoder", train_encoder_decoder), ("JEPA", train_jepa)):

@@ -200,9 +200,10 @@ def write_episode(writer: DatasetWriter, ep: dict, index: int, first_frame: int)
     writer.append("episode_seed", np.array([ep["seed"]], dtype=np.int64))
 
 
-def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finished) -> int:
+def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finished) -> tuple[int, float]:
     """Play `atari.episodes` episodes, handing each to `finished` as it ends (a dict: its env, the
-    env's seed, frames, actions, rewards, terminated and random flags); returns the action count.
+    env's seed, frames, actions, rewards, terminated and random flags); returns the action count
+    and the seconds of play (from the first reset: making the envs, which loads the ROM, is not play).
 
     The `atari.n_envs` envs are two groups, each a vectorised env of its own (ALE's C++ threads,
     half the process's CPUs each). The groups take turns: while one emulates its step, this
@@ -259,6 +260,7 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
 
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a policy batch of 4 gains little from more, and ALE's threads want the cores
+    t0 = time.perf_counter()
     try:
         stacks, sent = [], [None] * len(split)
         for g, ids in enumerate(split):
@@ -276,11 +278,12 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
                     act(g)
                 else:
                     playing.remove(g)
+        seconds = time.perf_counter() - t0
     finally:
         for envs in groups:
             envs.close()
         torch.set_num_threads(torch_threads)
-    return n_actions
+    return n_actions, seconds
 
 
 def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWriter) -> dict:
@@ -293,9 +296,7 @@ def collect_transitions(cfg: Config, policy: torch.nn.Module, writer: DatasetWri
         write_episode(writer, ep, *written)
         written[0], written[1] = written[0] + 1, written[1] + len(ep["frames"])
 
-    t0 = time.perf_counter()
-    n_actions = play(cfg, policy, cfg.atari.random_action_share, write)
-    seconds = time.perf_counter() - t0
+    n_actions, seconds = play(cfg, policy, cfg.atari.random_action_share, write)
     episodes, frames_written = written
     order = np.random.default_rng([cfg.seed, 1]).permutation(episodes)
     is_val = np.zeros(episodes, dtype=bool)
