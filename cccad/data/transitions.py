@@ -76,10 +76,11 @@ class AgentEnvs(VecEnv):
         self.returns += reward
         self.lengths += 1
         infos = [{} for _ in range(self.num_envs)]
+        final = frames(info["final_obs"]) if done.any() else None
         for i in np.flatnonzero(done):
-            last = np.concatenate([*self.stacks.buf[i, 1:], frames(info["final_obs"])[i]])
             infos[i] = {"episode": {"r": float(self.returns[i]), "l": int(self.lengths[i])},
-                        "terminal_observation": last, "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
+                        "terminal_observation": self.stacks.after(i, final[i]),
+                        "TimeLimit.truncated": bool(truncated[i] and not terminated[i])}
         self.returns[done], self.lengths[done] = 0, 0
         self.stacks.push(frames(obs), done)
         rewards = np.sign(reward) if self.clip else reward
@@ -244,6 +245,7 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
     def record(g: int) -> None:
         obs, reward, terminated, truncated, info = groups[g].recv()
         new, done = frames(obs), terminated | truncated
+        final = frames(info["final_obs"]) if done.any() else None
         actions, random = sent[g]
         for j, i in enumerate(split[g]):
             if (ep := episodes[i]) is None:
@@ -252,7 +254,7 @@ def play(cfg: Config, policy: torch.nn.Module | None, random_share: float, finis
             ep["random"].append(bool(random[j]))
             ep["rewards"].append(float(reward[j]))
             ep["terminated"].append(bool(terminated[j]))
-            ep["frames"].append(frames(info["final_obs"])[j] if done[j] else new[j])
+            ep["frames"].append(final[j] if done[j] else new[j])
             if done[j]:
                 finished(ep)
                 hand_out(i, new[j])

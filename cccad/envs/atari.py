@@ -92,3 +92,8 @@ class Stacks:
     def states(self) -> np.ndarray:
         n, k, c, h, w = self.buf.shape
         return self.buf.reshape(n, k * c, h, w).copy()
+
+    def after(self, i: int, last: np.ndarray) -> np.ndarray:
+        """Env i's state had `last` been pushed into it (an ended episode's final state, before the
+        next episode's first frame replaces it)."""
+        return np.concatenate([*self.buf[i, 1:], last])
