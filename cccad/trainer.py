@@ -186,7 +186,8 @@ def non_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None) -> str | None
     return None
 
 
-def _move(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
+    """A batch's tensors on `device` (its other values as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -261,7 +262,7 @@ class StepLog:
         with torch.no_grad(), self.accelerator.autocast():
             for i in range(self.tc.val_batches):
                 batch = self.objective.val_batch(np.random.default_rng([self.seed, 2, i]), self.tc.batch_size, i)
-                loss, stats = self.objective.loss(model, _move(batch, self.accelerator.device))
+                loss, stats = self.objective.loss(model, to_device(batch, self.accelerator.device))
                 rows.append({"val_loss": loss.item(), **{f"val_{k}": v.item() for k, v in stats.items()}})
         model.train()
         # (a stat some batches lack, e.g. a loss on compressed chunks a window of depth 0 has none of)
@@ -310,7 +311,7 @@ def fit(run_dir: Path, cfg: Config, objective: Objective, log=print) -> dict:
     model.train()
     with stop_signals() as caught, lost_peers(world, tc.collective_timeout_s, rank):
         for step in range(start, tc.steps):
-            batch = _move(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
+            batch = to_device(objective.batch(np.random.default_rng([cfg.seed, step]), tc.batch_size, part, step),
                           accelerator.device)
             with accelerator.autocast():
                 loss, stats = objective.loss(model, batch)

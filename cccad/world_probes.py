@@ -20,7 +20,7 @@ from cccad.models.world_model import WEIGHTS, RewardPredictor, as_frames, load_f
 from cccad.plots import bar_plot, frame_grid
 from cccad.runtime import device
 from cccad.sections import Bars, Column, RunImage, Section
-from cccad.trainer import Objective, fit
+from cccad.trainer import Objective, fit, to_device
 
 DECODED_FRAMES = "decoded_frames.png"  # a decoder stage's grid of real and decoded next frames
 REWARD_PLOT = "reward_mse.png"
@@ -46,7 +46,7 @@ def require_inputs(cfg: Config, *encoders: str) -> None:
 def in_chunks(fn, samples: dict, dev, chunk: int = 256) -> list:
     """fn(batch) over `samples` in batches of `chunk` on `dev`: the outputs, in order."""
     n = len(samples["state"])
-    return [fn({k: v[i:i + chunk].to(dev) if torch.is_tensor(v) else v for k, v in samples.items()})
+    return [fn(to_device({k: v[i:i + chunk] if torch.is_tensor(v) else v for k, v in samples.items()}, dev))
             for i in range(0, n, chunk)]
 
 
@@ -239,28 +239,41 @@ def reward_probe_valid(run_dir: Path, dynamics: bool) -> bool:
 
 def reward_objective(cfg: Config, data: Transitions, dynamics: bool):
     """The reward probes' Objective (a head per encoder, encoders and predictors frozen), their
-    latents(batch) -> {encoder: (z_t, z_{t+1})}, and the training reward's mean and scale (heads
-    learn the standardised reward). z_{t+1} is the encoder's latent of the real next state, or
-    (dynamics) the predictor's guess from (z_t, a_t)."""
+    latent_batch(batch) -> the heads' inputs (the reward, and per encoder z_t and z_{t+1}), and
+    the training reward's mean and scale (heads learn the standardised reward). z_{t+1} is the
+    encoder's latent of the real next state, or (dynamics) the predictor's guess from (z_t, a_t).
+    The nets are frozen, so every training transition's inputs are computed once, at the first
+    batch, and each step draws its batch's transitions (as data.train_batch draws them) from those."""
     frozen = nn.ModuleDict({name: load_frozen(cfg, name) for name in WEIGHTS})
     train_rewards = data.rewards[data.train_ids]
     mean, scale = float(train_rewards.mean()), float(train_rewards.std()) or 1.0
     torch.manual_seed(cfg.seed)
     heads = nn.ModuleDict({name: RewardPredictor(cfg.world_model) for name in WEIGHTS})
 
-    def latents(batch):
-        with torch.no_grad():
-            out = {}
-            for name, nets in frozen.items():
-                z = nets.encoder(batch["state"])
-                out[name] = (z, nets.predictor(z, batch["action"]) if dynamics else nets.encoder(batch["next_state"]))
-            return out
+    @torch.no_grad()
+    def latent_batch(batch):
+        out = {"reward": batch["reward"]}
+        for name, nets in frozen.items():
+            z = nets.encoder(batch["state"])
+            out[f"z/{name}"] = z
+            out[f"z_next/{name}"] = nets.predictor(z, batch["action"]) if dynamics else nets.encoder(batch["next_state"])
+        return out
+
+    cache: dict[str, torch.Tensor] = {}
+
+    def train_batch(rng, size, part, step):
+        if not cache:  # by the first batch the training loop has put the frozen nets on its device
+            dev, ids = next(frozen.parameters()).device, data.train_ids
+            chunks = [latent_batch(to_device(data.batch(ids[i:i + 256]), dev)) for i in range(0, len(ids), 256)]
+            cache.update({k: torch.cat([c[k] for c in chunks]) for k in chunks[0]})
+        pick = torch.from_numpy(rng.integers(0, len(data.train_ids), size)[part]).to(cache["reward"].device)
+        return {k: v[pick] for k, v in cache.items()}
 
     def loss(model, batch):
         target = (batch["reward"].float() - mean) / scale
         total, stats = 0.0, {}
-        for name, (z, z_next) in latents(batch).items():
-            err = F.mse_loss(model[name](z, z_next).float(), target)
+        for name in WEIGHTS:
+            err = F.mse_loss(model[name](batch[f"z/{name}"], batch[f"z_next/{name}"]).float(), target)
             total, stats[f"mse_{name}"] = total + err, err.detach()
         return total, stats
 
@@ -269,9 +282,9 @@ def reward_objective(cfg: Config, data: Transitions, dynamics: bool):
             "reward_predictor_state_dict": m[name].state_dict(), "reward_mean": mean, "reward_scale": scale,
             "global_step": step, "config": cfg.to_dict()} for name in WEIGHTS}
 
-    obj = Objective(heads, loss, data.train_batch, reward_probe_decided_by(cfg, dynamics), tag="probe", final=final,
+    obj = Objective(heads, loss, train_batch, reward_probe_decided_by(cfg, dynamics), tag="probe", final=final,
                     frozen=frozen)
-    return obj, latents, mean, scale
+    return obj, latent_batch, mean, scale
 
 
 def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
@@ -280,7 +293,7 @@ def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
     always predicting the mean training reward; and the predicted reward as a detector of reward
     events (AUC, average precision)."""
     data = open_transitions(cfg)
-    obj, latents, mean, scale = reward_objective(cfg, data, dynamics)
+    obj, latent_batch, mean, scale = reward_objective(cfg, data, dynamics)
     heads = obj.model
     kind = next_latent(dynamics)
     log(f"reward probes on frozen encoder-decoder and JEPA latents, {kind} next latent; "
@@ -289,8 +302,11 @@ def run_reward_probe(cfg: Config, run_dir: Path, log, dynamics: bool) -> dict:
 
     samples = data.scoring_set(cfg.seed, cfg.probe.val_samples)
     heads.eval()
-    outputs = in_chunks(lambda b: {name: heads[name](z, z_next).float().cpu() * scale + mean
-                                   for name, (z, z_next) in latents(b).items()}, samples, device())
+    def predict(batch):
+        inputs = latent_batch(batch)
+        return {name: heads[name](inputs[f"z/{name}"], inputs[f"z_next/{name}"]).float().cpu() * scale + mean
+                for name in WEIGHTS}
+    outputs = in_chunks(predict, samples, device())
     predicted = {name: torch.cat([out[name] for out in outputs]) for name in WEIGHTS}
     reward = samples["reward"].float()
     rewarded = reward > 0

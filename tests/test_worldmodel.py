@@ -197,8 +197,8 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
     task = "train-dynamics-reward-predictor" if dynamics else "train-reward-predictor"
     cfg = load_config(study[1] / ".tasks" / f"{task}-JEPA-assault-seed0.yaml", ["probe.steps=500", "probe.lr=0.003"])
     data = open_transitions(cfg)
-    obj, _, mean, scale = reward_objective(cfg, data, dynamics)
-    fixed = data.batch(data.train_ids[:512])
+    obj, latent_batch, mean, scale = reward_objective(cfg, data, dynamics)
+    fixed = latent_batch(data.batch(data.train_ids[:512]))
     floor = 2 * float(np.mean(((data.rewards[data.train_ids[:512]] - mean) / scale) ** 2))  # two heads
 
     def fixed_loss():
@@ -209,6 +209,12 @@ def test_reward_probe_loss_falls_to_the_mean_reward_floor(study, tmp_path, dynam
     fit(tmp_path, cfg.for_probe(), obj, log=lambda *_: None)
     after = fixed_loss()
     assert after < before and after < floor, (before, after, floor)  # beyond the mean reward
+    # the heads trained on the frozen nets' latents of the very transitions data.train_batch draws
+    drawn = obj.batch(np.random.default_rng([cfg.seed, 7]), 64, slice(16, 48), 7)
+    direct = latent_batch(data.train_batch(np.random.default_rng([cfg.seed, 7]), 64, slice(16, 48), 7))
+    assert drawn.keys() == direct.keys() and len(drawn["reward"]) == 32
+    for k, v in direct.items():
+        torch.testing.assert_close(drawn[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_jepa_target_moves_by_the_ema_rule_and_gets_no_gradient(study, tmp_path):
