@@ -127,11 +127,16 @@ def saved_agent(cfg: Config, agent_dir: str | Path) -> dict:
 
 
 def load_agent(cfg: Config, agent_dir: str | Path) -> torch.nn.Module:
-    """The policy of the agent saved in `agent_dir` for this config."""
-    state = saved_agent(cfg, agent_dir)
-    policy = make_agent(cfg).policy
-    policy.load_state_dict(state["policy_state_dict"])
-    return policy
+    """The policy of the agent saved in `agent_dir` for this config, built as PPO("CnnPolicy")
+    builds it, without the agent's envs (its action count is in the weights)."""
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    weights = saved_agent(cfg, agent_dir)["policy_state_dict"]
+    c, h, w = frame_shape(cfg.env)
+    policy = ActorCriticCnnPolicy(gym.spaces.Box(0, 255, (cfg.env.frame_stack * c, h, w), np.uint8),
+                                  gym.spaces.Discrete(weights["action_net.weight"].shape[0]), lambda _: 0.0)
+    policy.load_state_dict(weights)
+    return policy.to(device())
 
 
 def train_agent(cfg: Config, agent_dir: Path, log=print) -> dict:
