@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A bad config: the message is one line naming the key and where it came from."""
 
 
-DARKROOM_KEYS = ("size", "horizon", "test_fraction", "split_seed")
+DARKROOM_KEYS = ("size", "horizon", "test_fraction", "split_seed", "train_tasks")
 ATARI_KEYS = ("game", "frame_size", "grayscale", "frame_skip", "sticky_actions", "frame_stack")
 
 
@@ -56,6 +56,9 @@ class EnvConfig:
     horizon: int = 20  # steps per episode
     test_fraction: float = 0.1  # share of tasks held out for in-context evaluation
     split_seed: int = 0  # the train/test split depends on this only, not on the run seed
+    # learn from this many of the split's training tasks (a fixed subset, chosen by split_seed;
+    # the held-out tasks stay the same); null: all of them. dark_key_to_door has 5,832.
+    train_tasks: int | None = None
     # Atari (name: atari): any ALE game, preprocessed
     game: str = "ALE/Assault-v5"
     frame_size: int = 64  # frames resized to frame_size x frame_size
@@ -94,8 +97,12 @@ class EnvConfig:
             err("test_fraction", "must be between 0 and 1 (exclusive)")
         elif self.size <= 256:  # (larger grids are refused below)
             n_tasks = math.perm(self.size ** 2, self.rules.targets)
-            if max(1, round(self.test_fraction * n_tasks)) >= n_tasks:
+            n_test = max(1, round(self.test_fraction * n_tasks))
+            if n_test >= n_tasks:
                 err("test_fraction", f"holds out all {n_tasks} tasks, leaving none to train on")
+            elif self.train_tasks is not None and not 1 <= self.train_tasks <= n_tasks - n_test:
+                err("train_tasks", f"must be within [1, {n_tasks - n_test}] (the training tasks of {self.name} "
+                                   f"at size {self.size}), or null for all")
         if self.size > 256:
             err("size", "must be at most 256 (positions are stored as uint8)")
 

@@ -82,6 +82,7 @@ def test_exponent_floats_and_list_items(tmp_path):
 
 @pytest.mark.parametrize("data,key,words", [
     ({"env": {"size": 2, "test_fraction": 0.9}}, "env.test_fraction", "leaving none"),
+    ({"env": {"train_tasks": 80}}, "env.train_tasks", "within [1, 73]"),
     ({"env": {"size": 300}}, "env.size", "at most 256"),
     ({"train": {"log_every": 7, "val_every": 10}}, "train.val_every", "multiple of log_every"),
     ({"collect": {"ppo_n_steps": 1}}, "collect.ppo_n_steps", "at least 2"),

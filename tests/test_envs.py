@@ -55,6 +55,12 @@ def test_split_is_fixed_by_split_seed_only():
     assert other.test_ids.tolist() != a.test_ids.tolist()
     k2d = DarkroomTasks(EnvConfig(name="dark_key_to_door"))
     assert len(k2d.tasks) == 81 * 80 and not (k2d.tasks[:, :2] == k2d.tasks[:, 2:]).all(1).any()
+    # a subset of the training tasks: the same held-out tasks, fixed by split_seed, inside the full set
+    subset = DarkroomTasks(EnvConfig(name="dark_key_to_door", train_tasks=200))
+    np.testing.assert_array_equal(subset.test_ids, k2d.test_ids)
+    assert len(subset.train_ids) == 200 and set(subset.train_ids) <= set(k2d.train_ids)
+    np.testing.assert_array_equal(subset.train_ids, DarkroomTasks(EnvConfig(name="dark_key_to_door", train_tasks=200)).train_ids)
+    assert len(set(subset.train_ids // 80)) > 50  # spread over the key cells, not the first few
 
 
 @pytest.mark.parametrize("cfg", ENVS, ids=lambda c: c.name)

@@ -23,7 +23,8 @@ OBS_DIM = 2
 
 class DarkroomTasks:
     """The task set of one env config (every ordered choice of distinct target cells, as
-    (x1, y1[, x2, y2])) and its fixed-seed train/test split."""
+    (x1, y1[, x2, y2])) and its fixed-seed train/test split; with `train_tasks`, a fixed subset of
+    the training tasks."""
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
@@ -34,7 +35,7 @@ class DarkroomTasks:
         order = rng.permutation(len(self.tasks))
         n_test = max(1, int(round(cfg.test_fraction * len(self.tasks))))
         self.test_ids = np.sort(order[:n_test])
-        self.train_ids = np.sort(order[n_test:])
+        self.train_ids = np.sort(order[n_test:][:cfg.train_tasks])
 
     @property
     def start(self) -> np.ndarray:
