@@ -427,10 +427,12 @@ def test_non_finite_training_stops_with_one_line_and_writes_no_metrics(studies, 
 
 
 def start_study(file, runs, *extra) -> subprocess.Popen:
-    """`cccad local` in a process group of its own, as a terminal runs it (Ctrl-C reaches the group)."""
+    """`cccad local` in a process group of its own, as a terminal runs it (Ctrl-C reaches the group;
+    SIGINT is not ignored, as it is for whatever a script started in the background)."""
     return subprocess.Popen([sys.executable, "-m", "cccad", "local", str(file), "--runs", str(runs), *extra],
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path_glob, root: Path, timeout: float = 300):
