@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import dataset_config, require_dataset
-from cccad.data.transitions import Transitions, open_transitions
+from cccad.data.transitions import Transitions, draw, open_transitions
 from cccad.models.world_model import WEIGHTS, RewardPredictor, as_frames, load_frozen, next_frame, trained_run
 from cccad.plots import bar_plot, frame_grid
 from cccad.runtime import device
@@ -266,7 +266,7 @@ def reward_objective(cfg: Config, data: Transitions, dynamics: bool):
             dev, ids = next(frozen.parameters()).device, data.train_ids
             chunks = [latent_batch(to_device(data.batch(ids[i:i + 256]), dev)) for i in range(0, len(ids), 256)]
             cache.update({k: torch.cat([c[k] for c in chunks]) for k in chunks[0]})
-        pick = torch.from_numpy(rng.integers(0, len(data.train_ids), size)[part]).to(cache["reward"].device)
+        pick = torch.from_numpy(draw(len(data.train_ids), rng, size, part)).to(cache["reward"].device)
         return {k: v[pick] for k, v in cache.items()}
 
     def loss(model, batch):

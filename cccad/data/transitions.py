@@ -45,6 +45,12 @@ def agent_config(cfg: Config) -> dict:
             "atari": {k: v for k, v in a.items() if k.startswith("ppo_")} | {"max_episode_steps": a["max_episode_steps"]}}
 
 
+def state_space(cfg: Config) -> gym.spaces.Box:
+    """What the agent sees: a state of `env.frame_stack` stacked frames."""
+    c, h, w = frame_shape(cfg.env)
+    return gym.spaces.Box(0, 255, (cfg.env.frame_stack * c, h, w), np.uint8)
+
+
 class AgentEnvs(VecEnv):
     """The PPO agent's envs for stable-baselines3: `atari.ppo_n_envs` envs of ALE's vectorised env
     stepped together, states stacked by the dataset's rule (`Stacks`). With `atari.ppo_clip_rewards`
@@ -55,8 +61,7 @@ class AgentEnvs(VecEnv):
         a, k = cfg.atari, cfg.env.frame_stack
         self.envs = vector_env(cfg.env, a.ppo_n_envs, a.max_episode_steps)
         self.k, self.clip = k, a.ppo_clip_rewards
-        c, h, w = frame_shape(cfg.env)
-        super().__init__(a.ppo_n_envs, gym.spaces.Box(0, 255, (k * c, h, w), np.uint8), self.envs.single_action_space)
+        super().__init__(a.ppo_n_envs, state_space(cfg), self.envs.single_action_space)
         self.returns, self.lengths = np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=np.int64)
 
     def reset(self) -> np.ndarray:
@@ -132,9 +137,8 @@ def load_agent(cfg: Config, agent_dir: str | Path) -> torch.nn.Module:
     from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
     weights = saved_agent(cfg, agent_dir)["policy_state_dict"]
-    c, h, w = frame_shape(cfg.env)
-    policy = ActorCriticCnnPolicy(gym.spaces.Box(0, 255, (cfg.env.frame_stack * c, h, w), np.uint8),
-                                  gym.spaces.Discrete(weights["action_net.weight"].shape[0]), lambda _: 0.0)
+    policy = ActorCriticCnnPolicy(state_space(cfg), gym.spaces.Discrete(weights["action_net.weight"].shape[0]),
+                                  lambda _: 0.0)
     policy.load_state_dict(weights)
     return policy.to(device())
 
@@ -323,6 +327,11 @@ def random_policy_returns(cfg: Config) -> list[float]:
     return returns
 
 
+def draw(n: int, rng: np.random.Generator, size: int, part: slice) -> np.ndarray:
+    """A batch's positions among `n` samples: `size` drawn from `rng`, of which this process takes `part`."""
+    return rng.integers(0, n, size)[part]
+
+
 def open_transitions(cfg: Config) -> Transitions:
     """The transitions of inputs.dataset, checked against this config."""
     return Transitions(open_collected(cfg.inputs.dataset, cfg), cfg.env.frame_stack)
@@ -361,7 +370,7 @@ class Transitions:
 
     def sample(self, ids: np.ndarray, rng: np.random.Generator, size: int, part: slice) -> dict:
         """A random batch of `size` from `ids`; loads only `part` (every process draws the same)."""
-        return self.batch(ids[rng.integers(0, len(ids), size)][part])
+        return self.batch(ids[draw(len(ids), rng, size, part)])
 
     def train_batch(self, rng: np.random.Generator, size: int, part: slice, step: int) -> dict:
         """A training step's batch (the training loop's `Objective.batch`)."""
