@@ -88,18 +88,6 @@ def status(env, study_file, runs) -> dict[str, dict]:
     return {row[1]: dict(zip(cols, row)) for row in (line.split(None, len(cols) - 1) for line in lines[1:-1])}
 
 
-def settled_status(env, study_file, runs, timeout=120) -> dict[str, dict]:
-    """`status` once no task reads pending or running: with the queue empty, the accounting
-    database may still lag behind the controller (a cancelled job read as pending), more so on
-    busy cores."""
-    deadline = time.time() + timeout
-    while True:
-        rows = status(env, study_file, runs)
-        if not any(r["state"] in ("pending", "running") for r in rows.values()) or time.time() > deadline:
-            return rows
-        time.sleep(2)
-
-
 def wait_idle(env, timeout=900):
     """Until SLURM has no job left in its queue."""
     deadline = time.time() + timeout
@@ -154,7 +142,7 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
     (report_job,) = scontrol_jobs(env, record["report_job"])  # the report waits for every array, however it ends
     assert sorted(re.findall(r"afterany:(\d+)_\*", report_job["Dependency"])) == sorted(ids.values()), report_job
     wait_idle(env)
-    rows = settled_status(env, study_file, runs)
+    rows = status(env, study_file, runs)
     needs_pretrain = {"CompressedAD-finetuned"}
     for name, row in rows.items():
         if name.endswith("seed0") or not (name.startswith("pretrain") or any(v in name for v in needs_pretrain)):
@@ -199,7 +187,7 @@ def test_requeued_training_task_resumes_to_the_uninterrupted_result(cluster, tmp
     requeue = subprocess.run(["scontrol", "requeue", job], env=env, capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr + subprocess.run(["squeue"], env=env, capture_output=True, text=True).stdout
     wait_idle(env)
-    rows = settled_status(env, study_file, tmp_path / "runs")
+    rows = status(env, study_file, tmp_path / "runs")
     assert rows["train-AD-darkroom-seed0"]["state"] == "done" and rows["train-AD-darkroom-seed0"]["requeues"] == "1", rows
     requeued = json.loads((run_dir / "metrics.json").read_text())
     plain = json.loads((tmp_path / "plain" / "tiny" / "train-AD-darkroom-seed0" / "metrics.json").read_text())
