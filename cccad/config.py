@@ -244,8 +244,9 @@ class TrainConfig:
     val_fraction: float = 0.05  # share of streams held out for validation loss
     val_every: int = 1000
     val_batches: int = 8
-    # windows cut from the histories (train, pretrain_encoder, probe) start at an episode's first
-    # step: with chunk_len and recent_len whole episodes, chunks are episodes, as in evaluation
+    # CompressedAD: windows cut from the histories (train, pretrain_encoder, probe) start at an
+    # episode's first step: with chunk_len and recent_len whole episodes, chunks are episodes, as in
+    # evaluation (AD's windows start anywhere: its evaluation window slides a step at a time)
     align_to_episodes: bool = False
     # CompressedAD: weight of an auxiliary loss, reconstructing the compressed transitions from
     # the latents (a head like pre-training's, trained jointly); 0: none

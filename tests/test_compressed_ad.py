@@ -127,6 +127,20 @@ def test_training_windows_start_at_episodes_when_aligned():
         assert set(b["actions"][:, 0].tolist()) == first_actions  # the action a window's first token predicts
 
 
+def test_only_compressed_ad_aligns_its_windows_with_episodes():
+    """AD acts on a window that slides a step at a time: its training windows start anywhere
+    whatever train.align_to_episodes says, and the key is not part of its runs' identity."""
+    from cccad.config import load_config
+    from cccad.data.histories import window_align
+    from cccad.models.policies import trained_by
+    aligned = ["train.align_to_episodes=true", "env.horizon=20"]
+    assert window_align(load_config(None, aligned + ["model.kind=compressed_ad"])) == 20
+    assert window_align(load_config(None, aligned + ["model.kind=ad"])) == 1
+    assert trained_by(load_config(None, aligned)) == trained_by(load_config(None, ["env.horizon=20"]))
+    assert trained_by(load_config(None, aligned + ["model.kind=compressed_ad"])) != trained_by(
+        load_config(None, ["env.horizon=20", "model.kind=compressed_ad"]))
+
+
 # --------------------------------------------------------------------------- stages, through the CLI
 
 COMPRESSED = {**TINY, "model": {**TINY["model"], "kind": "compressed_ad"}}

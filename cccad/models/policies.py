@@ -30,9 +30,9 @@ def build_model(cfg: Config) -> torch.nn.Module:
 def trained_by(cfg: Config) -> dict:
     """What decides a trained policy: data, model (less the other kind's keys), training, and the
     pre-training when it starts from a pre-trained encoder."""
-    if cfg.model.kind == "ad":
+    if cfg.model.kind == "ad":  # (train.align_to_episodes is CompressedAD's: AD's windows start anywhere)
         return pick(cfg, "seed", "env", "collect", "model", "train",
-                    drop=tuple(f"model.{k}" for k in COMPRESSION_KEYS))
+                    drop=tuple(f"model.{k}" for k in COMPRESSION_KEYS) + ("train.align_to_episodes",))
     pretrained = cfg.inputs.pretrained_encoder_path or cfg.train.reconstruction_weight > 0  # (its head's sizes)
     sections = ("seed", "env", "collect", "model", "train") + (("pretrain",) if pretrained else ())
     return pick(cfg, *sections, drop=("model.context_len",))  # an AD-only key
