@@ -237,10 +237,15 @@ class StageJob:
 
         task = self.task()
         os.environ.update({k: str(v) for k, v in self.args[4].items()})
-        env = submitit.JobEnvironment()
         if task.complete():  # (the same for every process of the task)
             print(f"{task.name}: outputs exist and validate", flush=True)
             return "cached"
+        # its dependencies ended well when they ran; under this code and config their runs may
+        # since have become another's (a changed identity): never build on those
+        if stale := [u.name for u in task.needs if not u.complete()]:
+            raise RuntimeError(f"{task.name}: upstream {stale[0]} is not complete under this study's config and code "
+                               "(missing, or made under another config hash): submit the study again")
+        env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one process per SLURM task: RANK, WORLD_SIZE, MASTER_ADDR/PORT for torch
             dist = submitit.helpers.TorchDistributedEnvironment()
             dist.export(set_cuda_visible_devices=False)

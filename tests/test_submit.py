@@ -29,6 +29,23 @@ def study(tmp_path, seeds=(0, 1), variants=None, **sections):
     return write_yaml(tmp_path / "study.yaml", {**TINY, "study": st, **sections})
 
 
+def test_array_task_refuses_an_upstream_run_made_under_another_config(tmp_path):
+    """A SLURM task starts once its upstream tasks ended well, but their runs may since have become
+    another config's (the study or the code changed in between): it fails, naming the upstream,
+    rather than build on them."""
+    from cccad.cluster import StageJob
+    runs = tmp_path / "runs"
+    made = study(tmp_path, seeds=(0,), variants={"AD": {}}, collect={**TINY["collect"], "episodes": 30})
+    cccad("local", made, "study.stages=[collect]", "--runs", runs)
+    assert StageJob(str(made), ["study.stages=[collect]"], str(runs), "collect-darkroom-seed0").task().complete()
+    changed = write_yaml(tmp_path / "changed.yaml", {**yaml.safe_load(Path(made).read_text()),
+                                                      "collect": {**TINY["collect"], "episodes": 31}})
+    with pytest.raises(RuntimeError, match="train-AD-darkroom-seed0: upstream collect-darkroom-seed0 is not complete "
+                                           "under this study's config and code"):
+        StageJob(str(changed), [], str(runs), "train-AD-darkroom-seed0")()
+    assert not (runs / "tiny" / "train-AD-darkroom-seed0").exists()  # nothing started
+
+
 @pytest.mark.parametrize("profile, message", [
     ({"defaults": {"gpu_per_task": 1}}, "unknown key 'defaults.gpu_per_task' (did you mean gpus_per_task?)"),
     ({"stages": {"trian": {"time_min": 5}}}, "stages.trian: unknown stage"),
