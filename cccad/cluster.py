@@ -453,25 +453,39 @@ def records(root: Path) -> list[dict]:
 
 def slurm_states(job_ids: list[str]) -> dict[str, dict]:
     """{job id ("<array id>_<index>", or "<id>" for a lone task): {"state", "exit_code", "runs"}} from sacct (every run of a requeued
-    task is a row, `-D`; "runs" counts those that started) and squeue (pending array tasks, which sacct folds into one row)."""
+    task is a row, `-D`; "runs" counts those that started; an array's tasks that never started are one folded row, expanded
+    here, so a range cancelled before it split reads as cancelled) and squeue (the pending tasks' state now)."""
     if not job_ids:
         return {}
     out: dict[str, dict] = {}
     acct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(job_ids), "--format=JobID,State,ExitCode,Start"],
                           capture_output=True, text=True, timeout=60)
-    for line in acct.stdout.splitlines():
-        job, state, code, start = line.split("|")
-        if "[" in job:  # a folded range of pending tasks: squeue below lists them one by one
-            continue
-        entry = out.setdefault(job, {"runs": 0})
-        entry.update(state=state.split()[0], exit_code=code)
-        entry["runs"] += start not in ("None", "Unknown", "")
+    rows = [line.split("|") for line in acct.stdout.splitlines()]
+    for job, state, code, _ in rows:  # a folded range ("7_[1-3%4]") holds tasks that never started
+        if "[" in job:
+            for index in folded(job):
+                out[index] = {"runs": 0, "state": state.split()[0], "exit_code": code}
+    for job, state, code, start in rows:
+        if "[" not in job:
+            entry = out.setdefault(job, {"runs": 0})
+            entry.update(state=state.split()[0], exit_code=code)
+            entry["runs"] += start not in ("None", "Unknown", "")
     queue = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T"],
                            capture_output=True, text=True, timeout=60)
     for line in queue.stdout.splitlines():
         job, state = line.split("|")
         out.setdefault(job, {"runs": 0, "exit_code": ""})["state"] = state
     return out
+
+
+def folded(job: str) -> list[str]:
+    """The task ids of an array's folded record: "7_[1-3,5%4]" -> 7_1, 7_2, 7_3, 7_5."""
+    array, _, ranges = job.partition("_[")
+    ids = []
+    for part in ranges.rstrip("]").split("%")[0].split(","):
+        first, _, last = part.partition("-")
+        ids += [f"{array}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
 
 
 def task_jobs(root: Path) -> dict[str, dict]:

@@ -29,6 +29,11 @@ def study(tmp_path, seeds=(0, 1), variants=None, **sections):
     return write_yaml(tmp_path / "study.yaml", {**TINY, "study": st, **sections})
 
 
+def test_folded_array_records_expand_to_their_tasks():
+    from cccad.cluster import folded
+    assert folded("7_[1-3,5%4]") == ["7_1", "7_2", "7_3", "7_5"] and folded("12_[0]") == ["12_0"]
+
+
 def test_array_task_refuses_an_upstream_run_made_under_another_config(tmp_path):
     """A SLURM task starts once its upstream tasks ended well, but their runs may since have become
     another config's (the study or the code changed in between): it fails, naming the upstream,
