@@ -45,3 +45,11 @@ def report(rows: list[Row], name: str) -> None:
         print(f"{r.benchmark}: {r.figure} = {r.value:,.1f} | {r.baseline_name} = {r.baseline:,.1f} | "
               f"ratio {r.ratio:.2f} | goal: {r.goal}")
     (OUT / f"{name}.json").write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in rows], indent=1))
+
+
+def steady_rate(history: list[dict], warmup: int, steps: int) -> float:
+    """Samples/s between the logged step `warmup` and step `steps` of a training history (each
+    row's samples_per_s is since the loop started)."""
+    rows = {r["step"]: r for r in history}
+    first, last = rows[warmup], rows[steps]
+    return (steps - warmup) / (steps / last["samples_per_s"] - warmup / first["samples_per_s"])

@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common import ROOT, Row, report
+from common import ROOT, Row, report, steady_rate
 
 from cccad.config import Config, config_hash, load_config, nest
 from cccad.data.collected import KIND, dataset_config
@@ -49,13 +48,6 @@ def study_config(env: str, variant: str | None, overrides: list[str]) -> Config:
     return load_config(STUDY, overrides, extra=extra)
 
 
-def steady_rate(result: dict, warmup: int, steps: int) -> float:
-    """Samples/s between the logged step `warmup` and the last (each row's rate is since the start)."""
-    rows = {r["step"]: r for r in result["history"]}
-    first, last = rows[warmup], rows[steps]
-    return (steps - warmup) / (steps / last["samples_per_s"] - warmup / first["samples_per_s"])
-
-
 def timed_training(stage: str, cfg_of, steps: int, warmup: int, out: Path) -> tuple[float, dict]:
     short = [f"train.log_every={warmup}", f"train.val_every={warmup}", f"train.checkpoint_every={steps}",
              "train.num_warmup_steps=0", "train.eval_every=0"]
@@ -69,7 +61,7 @@ def timed_training(stage: str, cfg_of, steps: int, warmup: int, out: Path) -> tu
     cfg = cfg_of(short)
     torch.manual_seed(0)
     result = STAGES[stage].run(cfg, out, log=lambda *_: None)
-    return steady_rate(result, warmup, steps), result
+    return steady_rate(result["history"], warmup, steps), result
 
 
 def main():

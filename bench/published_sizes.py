@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, Row, matmul_gflops, report
+from common import ROOT, Row, matmul_gflops, report, steady_rate
 
 from cccad.config import config_hash, load_config
 from cccad.data.collected import KIND, dataset_config
@@ -71,10 +71,7 @@ def one(name: str, data: Path, out: Path, steps: int, warmup: int) -> dict:
     cfg = load_config(ROOT / "configs" / "studies" / "full.yaml", ["collect.streams_per_task=2"] + overrides + train)
     torch.manual_seed(0)
     result = STAGES[stage].run(cfg, out, log=lambda *_: None)
-    rows = {r["step"]: r for r in result["history"]}
-    first, last = rows[warmup], rows[steps]  # their samples_per_s: since the loop started
-    rate = (steps - warmup) / (steps / last["samples_per_s"] - warmup / first["samples_per_s"])
-    return {"samples_per_s": rate, "flops_per_sample": flops_per_sample(cfg, stage, result),
+    return {"samples_per_s": steady_rate(result["history"], warmup, steps), "flops_per_sample": flops_per_sample(cfg, stage, result),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
