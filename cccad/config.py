@@ -293,9 +293,15 @@ class EvaluateConfig:
     streams_per_task: int = 16
     greedy: bool = False  # sample actions (as AD does) unless true
     batch_size: int = 512  # (task, stream) pairs stepped at once
+    # AD's window, once full, moves this many transitions at a time. 1: it slides every step and is
+    # recomputed every step; env.horizon: it drops its oldest episode at once, then appends to its
+    # KV cache (holding 1 to horizon transitions fewer, about horizon times cheaper; its
+    # recent_only control then sees the current episode only, as CompressedAD's latents-off does
+    # with chunk_len = recent_len = horizon). CompressedAD's window moves by model.chunk_len.
+    window_stride: int = 1
 
     def check(self, err):
-        for key in ("episodes", "streams_per_task", "batch_size"):
+        for key in ("episodes", "streams_per_task", "batch_size", "window_stride"):
             if getattr(self, key) < 1:
                 err(key, "must be positive")
 
@@ -470,6 +476,9 @@ class Config:
                 section, _, name = key.partition(".")
                 if getattr(getattr(self, section), name):
                     err(key, "applies to model.kind compressed_ad only", related="model.kind")
+        if self.model.kind == "ad" and self.evaluate.window_stride > self.model.recent_len:
+            err("evaluate.window_stride", f"must be at most model.recent_len ({self.model.recent_len}), AD's "
+                "shortest evaluation window (its recent_only control)", related="model.recent_len")
         deepest = max((d for p in self.pretrain.curriculum for d in p.depths), default=0)
         if deepest > self.model.max_compression_depth:
             err("pretrain.curriculum", f"uses depth {deepest}, beyond model.max_compression_depth="

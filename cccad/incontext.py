@@ -30,7 +30,7 @@ def rollout(model, cfg: Config, tasks: np.ndarray, seed: int, device, condition:
     E, H = cfg.evaluate.episodes, cfg.env.horizon
     env = BatchedDarkroom(cfg.env, tasks)
     history = History(len(tasks), E * H, OBS_DIM, N_ACTIONS, cfg.env.size - 1, device)
-    context = context_for(model, history, condition, source)
+    context = context_for(model, history, condition, source, cfg.evaluate.window_stride)
     gen = torch.Generator().manual_seed(seed)
     returns = np.zeros((len(tasks), E))
     t = 0

@@ -96,6 +96,28 @@ def test_memory_controls_see_no_latents_or_another_streams():
             torch.testing.assert_close(cut.logits(t), ad(own.features(max(0, t - 9), t + 1))[:, -1], rtol=1e-4, atol=1e-5)
 
 
+def test_ad_window_moving_an_episode_at_a_time_holds_whole_recent_episodes():
+    """Stride s: once full, the window drops its oldest s transitions at once and is recomputed,
+    then appends to its cache; so each step acts from the transitions since the last move (between
+    window - s + 1 and window of them), exactly as a fresh forward pass over them would."""
+    torch.manual_seed(0)
+    W, s, steps = 12, 4, 60
+    ad = ADTransformer(ModelConfig(context_len=W, n_embd=16, n_layer=2, n_head=2), OBS_DIM, N_ACTIONS).eval()
+    h = random_history(2, steps, seed=4)
+    ctx, starts = SlidingWindow(ad, h, stride=s), []
+    with torch.no_grad():
+        for t in range(steps):
+            got = ctx.logits(t)
+            start = 0 if t < W else s * -(-(t - W + 1) // s)  # the smallest multiple of s that fits t in
+            assert ctx.start == start and ctx.cache[0]["n"] == t - start + 1
+            torch.testing.assert_close(got, ad(h.features(start, t + 1))[:, -1], rtol=1e-4, atol=1e-5)
+            starts.append(start)
+    assert min(t - a + 1 for t, a in enumerate(starts) if t >= W) == W - s + 1
+    assert sorted(set(starts)) == list(range(0, steps - W + 1, s))  # one recomputation per s steps once full
+    with pytest.raises(ValueError, match="stride 13 must be within"):
+        SlidingWindow(ad, h, stride=13)
+
+
 def test_learning_speed_reads_the_history():
     from cccad.config import load_config
     from cccad.stages.train import learning_speed

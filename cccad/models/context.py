@@ -2,8 +2,10 @@
 the history so far into the next action's logits, with a KV cache.
 
 - `SlidingWindow` (AD): the last context_len transitions. While the window is not full, each step
-  appends one token to the cache; once it slides, the window is recomputed each step (learned
-  absolute positions shift), as in training.
+  appends one token to the cache; once full, it moves `stride` transitions and is recomputed
+  (learned absolute positions shift), as in training. Stride 1 (the default) recomputes it every
+  step; a stride of one episode drops the oldest episode at once and then appends, so the window
+  holds context_len - stride + 1 to context_len transitions at about 1/stride of the cost.
 - `CompressedWindow` (CompressedAD): when the window is full the oldest chunk is compressed into
   the latents (see cccad/models/compressed_ad.py); between compressions each step appends one
   token to the cache of [latents, recent]. The cost of a step does not grow with the history.
@@ -48,12 +50,14 @@ class History:
 
 class SlidingWindow:
     """AD's context: the last `window` transitions (default: all the model was trained on; a
-    shorter one is the control that cuts it to its recent part)."""
+    shorter one is the control that cuts it to its recent part), moving `stride` at a time."""
 
-    def __init__(self, model: ADTransformer, history: History, window: int | None = None):
+    def __init__(self, model: ADTransformer, history: History, window: int | None = None, stride: int = 1):
         self.model, self.history = model, history
         self.window = window or model.n_positions
-        self.start, self.cache = 0, None
+        if not 1 <= stride <= self.window:
+            raise ValueError(f"stride {stride} must be within [1, {self.window}] (the window)")
+        self.stride, self.start, self.cache = stride, 0, None
         self.compressions = 0
 
     @torch.no_grad()
@@ -61,7 +65,9 @@ class SlidingWindow:
         if self.cache is not None and t - self.start < self.window:
             x = self.history.features(t, t + 1, first_of_window=False)
             return self.model.decode(x, cache=self.cache, start=t - self.start)[:, -1]
-        self.start, self.cache = max(0, t - self.window + 1), self.model.new_cache()
+        while t - self.start >= self.window:  # full: drop the oldest `stride` transitions
+            self.start += self.stride
+        self.cache = self.model.new_cache()
         return self.model.decode(self.history.features(self.start, t + 1), cache=self.cache)[:, -1]
 
 
@@ -100,9 +106,11 @@ class CompressedWindow:
         return self.model.decode(recent, prefix=self.model.latents(chunks), cache=self.cache)[:, -1]
 
 
-def context_for(model, history: History, condition: str = "normal", source: History | None = None):
-    """The context a model acts from under an evaluation condition (cccad/incontext.py)."""
+def context_for(model, history: History, condition: str = "normal", source: History | None = None,
+                stride: int = 1):
+    """The context a model acts from under an evaluation condition (cccad/incontext.py); `stride`:
+    how far AD's window moves when full."""
     if isinstance(model, CompressedAD):
         return CompressedWindow(model, history, {"normal": "latents", "no_latents": "none",
                                                  "foreign_latents": "foreign"}[condition], source)
-    return SlidingWindow(model, history, model.cfg.recent_len if condition == "recent_only" else None)
+    return SlidingWindow(model, history, model.cfg.recent_len if condition == "recent_only" else None, stride)

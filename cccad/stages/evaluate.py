@@ -62,7 +62,8 @@ def summary(m: dict) -> str:
 
 
 def decided_by(cfg: Config) -> dict:
-    return {**trained_by(cfg), **pick(cfg, "evaluate")}
+    ad_only = ("evaluate.window_stride",) if cfg.model.kind == "compressed_ad" else ()
+    return {**trained_by(cfg), **pick(cfg, "evaluate", drop=ad_only)}
 
 
 def preflight(cfg: Config) -> None:
