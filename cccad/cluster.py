@@ -39,7 +39,7 @@ from cccad.container import Container
 from cccad.fs import atomic_write_json, locked
 from cccad.stages import STAGES
 from cccad.runinfo import describe_exit, last_end, record_end
-from cccad.study import Task, build_tasks, task_command, task_log
+from cccad.study import Task, build_tasks, set_aside, task_command, task_log
 
 
 class ClusterError(RuntimeError):
@@ -364,6 +364,8 @@ def submit(study_file: str, overrides: list[str], runs_root: str, profile_path: 
         raise ClusterError(f"study {base.study.name}: {len(active)} tasks are still pending or running in SLURM "
                            f"(e.g. {active[0]}); see cccad status, wait or scancel them before resubmitting")
     with locked(root, "cccad submit"):
+        for task in (t for a in arrays for t in a.tasks):
+            set_aside(task, root, log)
         job_ids = submit_arrays(arrays, profile, base.study.name, root, (str(study_file), list(overrides), str(runs_root)))
     record = {"study": str(study_file), "overrides": list(overrides), "profile": str(profile_path),
               "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "report_job": job_ids["report"],
@@ -502,7 +504,7 @@ def task_jobs(root: Path) -> dict[str, dict]:
 
 def status(study_file: str, overrides: list[str], runs_root: str) -> list[dict]:
     """One row per task: stage, task, state (done, running, pending, requeued, failed, blocked,
-    not submitted), job, requeues, how its last attempt ended, and for failures the logs to read."""
+    stale, not submitted), job, requeues, how its last attempt ended, and for failures the logs to read."""
     base, tasks = build_tasks(study_file, overrides, runs_root)
     root = Path(runs_root) / base.study.name
     jobs = task_jobs(root)
@@ -513,13 +515,15 @@ def status(study_file: str, overrides: list[str], runs_root: str) -> list[dict]:
         if t.complete():
             state = "done"
         elif not job:
-            state = "not submitted"
+            state = "stale" if t.other_config() else "not submitted"
         elif slurm in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
             state = "pending"
         elif slurm in ACTIVE:
             state = "running"
         elif slurm == "CANCELLED" and job["runs"] == 0:
             state = "blocked"  # cancelled before it ever started: a task it needs failed
+        elif t.other_config():
+            state = "stale"  # its folder holds another config's run: submitting again moves it aside
         else:
             state = "failed"
         logs = ""

@@ -6,7 +6,8 @@ Run folders are `runs/<study>/{stage}-{env}-seed{seed}` (per-variant stages:
 `{stage}-{variant}-{env}-seed{seed}`). Every task's config is resolved, and so validated, when the
 graph is built: a bad study fails before anything runs. `run_local` runs tasks in dependency
 order in subprocesses (as a cluster would), skipping tasks whose outputs exist and validate; a
-failed task only stops the tasks that need it.
+failed task only stops the tasks that need it. A task's folder that holds a run of another config
+(the study changed since) is moved aside, kept, before the task runs (`set_aside`).
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
-from cccad.fs import atomic_write_text, locked, taken_over
-from cccad.runinfo import LOG, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
+from cccad.fs import atomic_write_text, locked, read_json, taken_over
+from cccad.runinfo import LOG, MANIFEST, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
 from cccad.stages import STAGES, needs
 from cccad.trainer import EXIT_INTERRUPTED
 
@@ -42,6 +43,30 @@ class Task:
         metrics = read_metrics(self.run_dir)
         return (metrics is not None and metrics.get("config_hash") == run_hash(self.config, self.stage)
                 and STAGES[self.stage].outputs_valid(self.config, self.run_dir))
+
+    def other_config(self) -> str | None:
+        """The config hash of the run in this task's folder when it is another config's (None: no
+        run there, or this task's own)."""
+        recorded = (read_json(self.run_dir / MANIFEST) or {}).get("config_hash")
+        return recorded if recorded and recorded != run_hash(self.config, self.stage) else None
+
+
+REPLACED = ".replaced"  # <study>/.replaced/<task>-<config hash>: runs of an earlier config of a task
+
+
+def set_aside(task: Task, root: Path, log=print) -> None:
+    """If the task's folder holds a run of another config, move it to <study>/.replaced/, kept,
+    so the task starts afresh (its trainer would refuse the other run's checkpoints). A folder in
+    use by a runner is not moved: Busy, naming it."""
+    if (old := task.other_config()) is None:
+        return
+    dest = root / REPLACED / f"{task.name}-{old}"
+    if dest.exists():
+        dest = dest.with_name(f"{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with locked(task.run_dir, "cccad, moving it aside"):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        task.run_dir.rename(dest)
+    log(f"{task.name}: its folder held a run of another config (hash {old}); moved to {dest}")
 
 
 BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -229,6 +254,7 @@ def run_local(tasks: list[Task], root: Path, log=print) -> dict[str, str]:
                 log(f"{'[cached]':10}{task.name}")
                 continue
             log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
+            set_aside(task, root, log)
             t0 = time.perf_counter()
             rc = run_task(task, log)
             ok = rc == 0 and task.complete()

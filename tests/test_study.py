@@ -70,6 +70,21 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     assert "- `evaluate-AD-darkroom-seed1`: blocked: needs train-AD-darkroom-seed1" in report
     assert "4 of 6 runs complete." in report
 
+    # the study changes (a training key): each training and evaluation folder holds another
+    # config's run, so it is moved aside, kept, and the task runs afresh (seed 1's bad checkpoint
+    # goes with its folder); the collections are cached
+    old_hash = json.loads((root / "train-AD-darkroom-seed0" / "metrics.json").read_text())["config_hash"]
+    proc = cccad("local", study, "--runs", runs, "train.lr=0.002")
+    assert proc.stdout.count("[cached]") == 2 and proc.stdout.count("[done]") == 4, proc.stdout
+    kept = root / ".replaced" / f"train-AD-darkroom-seed0-{old_hash}"
+    assert f"train-AD-darkroom-seed0: its folder held a run of another config (hash {old_hash}); moved to {kept}" in proc.stdout
+    assert json.loads((kept / "metrics.json").read_text())["config_hash"] == old_hash
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (root / ".replaced").iterdir()) == sorted(
+        f"{stage}-AD-darkroom-seed{s}" for stage in ("train", "evaluate") for s in (0, 1))
+    new_hash = json.loads((root / "train-AD-darkroom-seed1" / "metrics.json").read_text())["config_hash"]
+    assert new_hash != old_hash
+    assert "6 of 6 runs complete." in (root / "report" / "report.md").read_text()
+
 
 def test_harder_envs_run_through_the_same_stages(tmp_path):
     study = write_yaml(tmp_path / "study.yaml", {

@@ -49,6 +49,10 @@ def test_array_task_refuses_an_upstream_run_made_under_another_config(tmp_path):
                                            "under this study's config and code"):
         StageJob(str(changed), [], str(runs), "train-AD-darkroom-seed0")()
     assert not (runs / "tiny" / "train-AD-darkroom-seed0").exists()  # nothing started
+    # cccad status says so: the upstream run is another config's (submitting again moves it aside)
+    from cccad.cluster import status
+    states = {row["task"]: row["state"] for row in status(str(changed), [], str(runs))}
+    assert states["collect-darkroom-seed0"] == "stale" and states["train-AD-darkroom-seed0"] == "not submitted"
 
 
 @pytest.mark.parametrize("profile, message", [
