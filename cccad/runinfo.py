@@ -39,6 +39,11 @@ def run_hash(cfg: Config, stage: str) -> str:
     return config_hash(STAGES[stage].decided_by(cfg))
 
 
+# what a run executes (as the image copies it, Makefile IMAGE_INPUTS): a change elsewhere (README,
+# bench/, results/) leaves its code clean
+RUN_INPUTS = ("cccad", "configs", "jobs", "slurm", "pyproject.toml", "requirements.txt")
+
+
 def git_commit() -> dict:
     build = image_build()
     if build is not None:  # an image's code (no .git in it): the commit its build recorded
@@ -51,7 +56,7 @@ def git_commit() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     return {"commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS))}
 
 
 def package_versions() -> dict:

@@ -45,3 +45,26 @@ def test_a_run_records_its_threads_and_uses_its_cpus(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "manifest.json").read_text())["threads"] == 1
+
+
+def test_a_runs_code_is_dirty_only_when_what_it_executes_changed(tmp_path):
+    """A run records its commit, dirty if its code or configs differ from it; an edited README or
+    benchmark leaves it clean."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(ROOT), str(clone)], check=True, timeout=120)
+    probe = [sys.executable, "-c", "import json; from cccad.runinfo import git_commit; print(json.dumps(git_commit()))"]
+
+    def code():
+        out = subprocess.run(probe, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(clone)), capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+        return json.loads(out)
+
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert code() == {"commit": head, "dirty": False}
+    for name in ("README.md", "bench/results.md"):
+        with open(clone / name, "a") as f:
+            f.write("\nedited\n")
+    assert code() == {"commit": head, "dirty": False}
+    with open(clone / "configs" / "studies" / "smoke.yaml", "a") as f:
+        f.write("\n# edited\n")
+    assert code() == {"commit": head, "dirty": True}
