@@ -476,9 +476,10 @@ class Config:
                 section, _, name = key.partition(".")
                 if getattr(getattr(self, section), name):
                     err(key, "applies to model.kind compressed_ad only", related="model.kind")
-        if self.model.kind == "ad" and self.evaluate.window_stride > self.model.recent_len:
-            err("evaluate.window_stride", f"must be at most model.recent_len ({self.model.recent_len}), AD's "
-                "shortest evaluation window (its recent_only control)", related="model.recent_len")
+        shortest = min(self.model.context_len, self.model.recent_len)  # AD's windows: normal and recent_only
+        if self.model.kind == "ad" and self.evaluate.window_stride > shortest:
+            err("evaluate.window_stride", f"must be at most {shortest}, AD's shortest evaluation window "
+                "(model.context_len, or model.recent_len for its recent_only control)", related="model.recent_len")
         deepest = max((d for p in self.pretrain.curriculum for d in p.depths), default=0)
         if deepest > self.model.max_compression_depth:
             err("pretrain.curriculum", f"uses depth {deepest}, beyond model.max_compression_depth="

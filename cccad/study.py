@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cccad.config import Config, ConfigError, dump_yaml, load_config, nest, read_yaml
-from cccad.fs import atomic_write_text, locked, read_json, taken_over
-from cccad.runinfo import LOG, MANIFEST, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
+from cccad.fs import Busy, atomic_write_text, locked, read_json, taken_over
+from cccad.runinfo import LOG, MANIFEST, METRICS, describe_exit, read_metrics, record_end, run_folder, run_hash, unreadable_metrics
 from cccad.stages import STAGES, needs
 from cccad.trainer import EXIT_INTERRUPTED
 
@@ -45,9 +45,10 @@ class Task:
                 and STAGES[self.stage].outputs_valid(self.config, self.run_dir))
 
     def other_config(self) -> str | None:
-        """The config hash of the run in this task's folder when it is another config's (None: no
-        run there, or this task's own)."""
-        recorded = (read_json(self.run_dir / MANIFEST) or {}).get("config_hash")
+        """The config hash of the run in this task's folder (its manifest's, else its metrics')
+        when it is another config's (None: no run there, or this task's own)."""
+        recorded = next((r["config_hash"] for f in (MANIFEST, METRICS)
+                         if isinstance(r := read_json(self.run_dir / f), dict) and r.get("config_hash")), None)
         return recorded if recorded and recorded != run_hash(self.config, self.stage) else None
 
 
@@ -60,11 +61,12 @@ def set_aside(task: Task, root: Path, log=print) -> None:
     use by a runner is not moved: Busy, naming it."""
     if (old := task.other_config()) is None:
         return
-    dest = root / REPLACED / f"{task.name}-{old}"
-    if dest.exists():
-        dest = dest.with_name(f"{dest.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     with locked(task.run_dir, "cccad, moving it aside"):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        (root / REPLACED).mkdir(parents=True, exist_ok=True)
+        dest, n = root / REPLACED / f"{task.name}-{old}", 1
+        while dest.exists():  # the same config's run replaced before
+            n += 1
+            dest = root / REPLACED / f"{task.name}-{old}-{n}"
         task.run_dir.rename(dest)
     log(f"{task.name}: its folder held a run of another config (hash {old}); moved to {dest}")
 
@@ -254,8 +256,13 @@ def run_local(tasks: list[Task], root: Path, log=print) -> dict[str, str]:
                 log(f"{'[cached]':10}{task.name}")
                 continue
             log(f"{'[run]':10}{task.name}" + (f" ({why})" if (why := unreadable_metrics(task.run_dir)) else ""))
-            set_aside(task, root, log)
             t0 = time.perf_counter()
+            try:
+                set_aside(task, root, log)
+            except Busy as e:  # a runner holds its folder: this task fails, the others go on
+                status[task.name] = "failed"
+                log(f"{'[FAILED]':10}{task.name}: {e}")
+                continue
             rc = run_task(task, log)
             ok = rc == 0 and task.complete()
             status[task.name] = "done" if ok else "failed"

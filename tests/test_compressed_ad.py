@@ -116,6 +116,12 @@ def test_ad_window_moving_an_episode_at_a_time_holds_whole_recent_episodes():
     assert sorted(set(starts)) == list(range(0, steps - W + 1, s))  # one recomputation per s steps once full
     with pytest.raises(ValueError, match="stride 13 must be within"):
         SlidingWindow(ad, h, stride=13)
+    # the stride decides AD's evaluations, and at 1 what they always did (their identity unchanged)
+    from cccad.config import load_config
+    from cccad.stages.evaluate import decided_by
+    stride_of = lambda *o: decided_by(load_config(None, list(o)))["evaluate"].get("window_stride")  # noqa: E731
+    assert stride_of("model.kind=ad") is None and stride_of("model.kind=ad", "evaluate.window_stride=20") == 20
+    assert stride_of("model.kind=compressed_ad", "evaluate.window_stride=20") is None
 
 
 def test_learning_speed_reads_the_history():

@@ -61,7 +61,8 @@ def test_unknown_key_from_parent_names_parent_file(tmp_path):
     ({"world_model": {"channels": []}}, "world_model.channels", "at least one"),
     ({"world_model": {"ema_momentum": 1.5}}, "world_model.ema_momentum", "within [0, 1]"),
     ({"evaluate": {"window_stride": 0}}, "evaluate.window_stride", "positive"),
-    ({"model": {"recent_len": 20}, "evaluate": {"window_stride": 21}}, "evaluate.window_stride", "at most model.recent_len"),
+    ({"model": {"recent_len": 20}, "evaluate": {"window_stride": 21}}, "evaluate.window_stride", "at most 20"),
+    ({"model": {"context_len": 30}, "evaluate": {"window_stride": 40}}, "evaluate.window_stride", "at most 30"),
 ])
 def test_bad_values_name_the_key(tmp_path, data, key, words):
     msg, path = error_of(tmp_path, data)
