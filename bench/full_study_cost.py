@@ -1,12 +1,15 @@
-"""What the full study (configs/studies/full.yaml: its envs x seeds x variants, at its own sizes and
-budgets) costs: each stage's work, its rate measured here through the real stage code at those
-sizes (one process, one thread: a cluster task's share), and the CPU core-hours they make.
+"""What a study (by default the full one, configs/studies/full.yaml; `--study` another: its envs x
+seeds x variants, at its own sizes and budgets) costs: each stage's work, its rate measured here
+through the real stage code at those sizes (one process, one thread: a cluster task's share), and
+the CPU core-hours they make.
 
 Training stages (pre-training, train per variant, probe) are timed over a few steps after a
-warm-up and scaled to their configured steps; collection over a slice of its tasks; evaluation
-over its first episodes (a window's worth of context, so AD's attention is at its full length)
-with every held-out task and up to a batch of streams, scaled to its episodes and streams.
-Models are untrained for evaluation: its cost does not depend on the weights.
+warm-up on the study's first env's data and scaled to their configured steps; collection over a
+slice of its tasks; evaluation over its first episodes (a window's worth of context, so AD's
+attention is at its full length) with every held-out task and up to a batch of streams, scaled to
+its episodes and streams. A training's in-context evaluations (train.eval_every) are costed as the
+evaluation's normal condition (its share of the conditions timed) at train.eval_streams_per_task
+streams. Models are untrained for evaluation: its cost does not depend on the weights.
 
 GPU hours are not measured (there is no GPU here); they are estimated from the same work, stated
 with the assumption: these models are small (about a million weights), so a GPU step is bound by
@@ -40,12 +43,12 @@ GPU_EVAL_STEP_S = 0.003  # one in-context step of a batch of streams (a forward 
 GPU_FLOPS = 50e12  # sustained bf16 FLOP/s where FLOPs do bound a step (about a sixth of an A100's peak)
 
 
-def study_config(env: str, variant: str | None, overrides: list[str]) -> Config:
-    study = load_config(STUDY)
-    extra = [env_layer(STUDY, env)]
+def study_config(study_file: Path, env: str, variant: str | None, overrides: list[str]) -> Config:
+    study = load_config(study_file)
+    extra = [env_layer(study_file, env)]
     if variant:
         extra.append((nest(study.study.variants[variant], variant), variant))
-    return load_config(STUDY, overrides, extra=extra)
+    return load_config(study_file, overrides, extra=extra)
 
 
 def timed_training(stage: str, cfg_of, steps: int, warmup: int, out: Path) -> tuple[float, dict]:
@@ -64,20 +67,24 @@ def timed_training(stage: str, cfg_of, steps: int, warmup: int, out: Path) -> tu
     return steady_rate(result["history"], warmup, steps), result
 
 
-def main():
+def main(argv: list[str] | None = None, name: str = "full_study_cost"):
     p = argparse.ArgumentParser()
+    p.add_argument("--study", type=Path, default=STUDY)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--eval-transitions", type=int, default=240, help="in-context steps timed per stream")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(1)
-    study = load_config(STUDY).study
+    study = load_config(a.study).study
+    config = lambda env, variant, overrides: study_config(a.study, env, variant, overrides)  # noqa: E731
+    what = "full study cost" if a.study.resolve() == STUDY else f"{study.name} study cost"
     n_runs = len(study.seeds)
     rows, cpu_hours, gpu_hours = [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # the training stages' models do not depend on the env: timed once, on darkroom's data
-        cfg = study_config("darkroom", None, ["collect.streams_per_task=2"])
+        # the training stages' models do not depend on the env: timed once, on the first env's data
+        first = study.envs[0]
+        cfg = config(first, None, ["collect.streams_per_task=2"])
         expect = dataset_config(cfg)
         writer = DatasetWriter(tmp / "dataset", KIND["darkroom"], expect, config_hash(expect))
         stats = collect_histories(cfg, writer)
@@ -85,17 +92,17 @@ def main():
         data = [f"inputs.dataset={tmp / 'dataset'}", "collect.streams_per_task=2"]
         per_run: dict[str, tuple[float, float]] = {}  # what: (CPU s, GPU s) of one run at full size
 
-        rate, _ = timed_training("pretrain_encoder", lambda o: study_config("darkroom", None, data + o),
+        rate, _ = timed_training("pretrain_encoder", lambda o: config(first, None, data + o),
                                  a.steps, a.warmup, tmp / "pretrain")
-        pre = load_config(STUDY).pretrain
+        pre = load_config(a.study).pretrain
         per_run["pretrain_encoder"] = (pre.pretrain_steps * pre.pretrain_batch_size / rate,
                                        pre.pretrain_steps * GPU_STEP_S)
         print(f"  pretrain_encoder: {rate:.1f} windows/s")
         encoder = tmp / "pretrain" / PRETRAINED_FILE
         trained = {}
         for variant in study.variants:
-            cfg_of = lambda o, v=variant: study_config(  # noqa: E731
-                "darkroom", v, data + o + ([f"inputs.pretrained_encoder_path={encoder}"]
+            cfg_of = lambda o, v=variant: config(  # noqa: E731
+                first, v, data + o + ([f"inputs.pretrained_encoder_path={encoder}"]
                                            if study.variants[v].get("inputs.pretrained_encoder_path") else []))
             rate, result = timed_training("train", cfg_of, a.steps, a.warmup, tmp / variant)
             full = cfg_of([])
@@ -113,12 +120,12 @@ def main():
 
         total_cpu = total_gpu = 0.0
         for env in study.envs:
-            cfg = study_config(env, None, [])
+            cfg = config(env, None, [])
             tasks = DarkroomTasks(cfg.env)
             n_train, n_test = len(tasks.train_ids), len(tasks.test_ids)
             transitions = n_train * cfg.collect.streams_per_task * cfg.collect.episodes * cfg.env.horizon
             # collection: timed on a slice of the tasks (the batched learner's rate per transition)
-            part = study_config(env, None, [f"env.train_tasks={min(n_train, 40)}"])
+            part = config(env, None, [f"env.train_tasks={min(n_train, 40)}"])
             expect = dataset_config(part)
             writer = DatasetWriter(tmp / f"collect-{env}", KIND["darkroom"], expect, config_hash(expect))
             t = time.perf_counter()
@@ -134,7 +141,7 @@ def main():
             streams = cfg.evaluate.streams_per_task
             timed = max(1, min(streams, cfg.evaluate.batch_size // n_test))
             for variant in study.variants:
-                ev = study_config(env, variant, [f"evaluate.episodes={episodes}"])
+                ev = config(env, variant, [f"evaluate.episodes={episodes}"])
                 model = build_model(ev).eval()
                 t = time.perf_counter()
                 out = evaluate(model, ev, torch.device("cpu"), timed)
@@ -144,6 +151,15 @@ def main():
                 env_cpu[f"evaluate {variant}"] = seconds
                 env_gpu[f"evaluate {variant}"] = (conditions * batches * cfg.evaluate.episodes * cfg.env.horizon
                                                   * GPU_EVAL_STEP_S)
+                tr = ev.train
+                if n_evals := tr.steps // tr.eval_every if tr.eval_every else 0:  # in-training evaluations
+                    share = tr.eval_streams_per_task / streams / conditions
+                    eval_batches = math.ceil(n_test * tr.eval_streams_per_task / ev.evaluate.batch_size)
+                    env_cpu[f"train {variant}"] += n_evals * seconds * share
+                    env_gpu[f"train {variant}"] += (n_evals * eval_batches * cfg.evaluate.episodes * cfg.env.horizon
+                                                    * GPU_EVAL_STEP_S)
+                    print(f"  train {variant} on {env}: {n_evals} in-context evaluations, "
+                          f"{n_evals * seconds * share / 60:.1f} min")
                 print(f"  evaluate {variant} on {env}: {seconds / 60:.1f} min per run "
                       f"({n_test} tasks x {streams} streams x {cfg.evaluate.episodes} episodes, "
                       f"{conditions} conditions)")
@@ -154,13 +170,13 @@ def main():
             print(f"  {env}: {n_train} training tasks, {transitions:,} transitions per seed; {n_runs} seeds: "
                   f"{env_cpu_h:,.1f} CPU core-hours, about {env_gpu_h:.1f} GPU hours (estimate). Per seed, CPU h: "
                   + ", ".join(f"{k} {v / 3600:.1f}" for k, v in env_cpu.items()))
-            rows += [Row("full study cost", f"{env}: CPU core-hours, {n_runs} seeds, every stage and variant "
+            rows += [Row(what, f"{env}: CPU core-hours, {n_runs} seeds, every stage and variant "
                          f"(measured rates x configured work)", env_cpu_h, "-", 0, "(figure)"),
-                     Row("full study cost", f"{env}: GPU hours, {n_runs} seeds (estimate: launch-bound steps)",
+                     Row(what, f"{env}: GPU hours, {n_runs} seeds (estimate: launch-bound steps)",
                          env_gpu_h, "-", 0, "(figure)")]
-        rows += [Row("full study cost", "whole study: CPU core-hours", total_cpu, "-", 0, "(figure)"),
-                 Row("full study cost", "whole study: GPU hours (estimate)", total_gpu, "-", 0, "(figure)")]
-    report(rows, "full_study_cost")
+        rows += [Row(what, "whole study: CPU core-hours", total_cpu, "-", 0, "(figure)"),
+                 Row(what, "whole study: GPU hours (estimate)", total_gpu, "-", 0, "(figure)")]
+    report(rows, name)
 
 
 if __name__ == "__main__":

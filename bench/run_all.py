@@ -12,7 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = ["collect_throughput.py", "train_throughput.py", "incontext_latency.py", "atari_collect_throughput.py",
            "worldmodel_train_throughput.py", "distributed_strategies.py", "submit_study.py", "published_sizes.py",
-           "container.py", "full_study_cost.py", "ad_window_stride.py"]
+           "container.py", "full_study_cost.py", "ad_window_stride.py",
+           "memory_key_door_cost.py"]
 HEADER = ["| benchmark | figure | value | baseline (same run) | baseline value | ratio | goal |",
           "|---|---|---:|---|---:|---:|---|"]
 
