@@ -255,10 +255,6 @@ class TrainConfig:
     # goals (evaluate.episodes, eval_streams_per_task streams each) goes into the logged history
     eval_every: int = 0
     eval_streams_per_task: int = 4
-    # how fast and how steadily it learns: the steps until the training loss (its moving average)
-    # is at most converged_loss, and until the held-out return / optimal reaches converged_return
-    converged_loss: float = 1.0
-    converged_return: float = 0.8
 
     def check(self, err):
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -508,11 +504,16 @@ class Config:
 # keys that say how a run goes, not what it makes: never part of a run's identity (a study done
 # under DDP is done for ZeRO-2 too; a checkpoint records its strategy and is refused by another)
 HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
-# when a run logs, validates and checkpoints: part of its outputs' identity (the logged history),
-# not of its weights' (a checkpoint resumes under another cadence)
-CADENCE = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.val_every",
-           "train.val_batches", "train.eval_every", "train.eval_streams_per_task", "train.converged_loss",
-           "train.converged_return")
+# what decides a training run's logged history but not its weights: when it logs, validates and
+# checkpoints. Part of its outputs' identity, not of its checkpoints' (a checkpoint resumes under
+# other values)
+HISTORY_ONLY = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.val_every",
+                "train.val_batches", "train.eval_every", "train.eval_streams_per_task")
+
+
+# keys since removed, kept in identities at the value every run had then, so runs from before keep
+# theirs (the learning-speed thresholds: set by the report since 2026-12-07)
+RETIRED = {"train.converged_loss": 1.0, "train.converged_return": 0.8}
 
 
 def pick(cfg: Config, *sections: str, drop: tuple[str, ...] = ()) -> dict:
@@ -520,6 +521,10 @@ def pick(cfg: Config, *sections: str, drop: tuple[str, ...] = ()) -> dict:
     dotted keys in `drop` and HOW_NOT_WHAT (and never `inputs`: see InputsConfig)."""
     d = cfg.to_dict()
     out = {s: copy.deepcopy(d[s]) for s in sections}
+    for key, value in RETIRED.items():
+        section, _, name = key.partition(".")
+        if section in out:
+            out[section][name] = value
     for key in drop + HOW_NOT_WHAT:
         section, _, name = key.partition(".")
         if section in out:

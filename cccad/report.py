@@ -71,7 +71,14 @@ def gather(tasks: list[Task]) -> list[Run]:
         else:
             state, why = "not run", "not run yet"
         runs[t.name] = Run(t, state, why, metrics if state == "complete" else None)
-    return list(runs.values())
+    out = list(runs.values())
+    for stage, mod in STAGES.items():  # measures relative to the other complete runs of the env
+        if hasattr(mod, "across_runs"):
+            for env in dict.fromkeys(r.task.env for r in out if r.task.stage == stage):
+                done = [(r.task.config, r.metrics) for r in out if r.metrics and (r.task.stage, r.task.env) == (stage, env)]
+                if done:
+                    mod.across_runs(done)
+    return out
 
 
 def groups(runs: list[Run], stage: str) -> dict[tuple, list[Run]]:

@@ -31,17 +31,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from cccad.checkpoint import CKPT_DIR, FINAL_MODEL, TrainingCheckpoints
-from cccad.config import CADENCE, Config, ConfigError, TrainConfig, config_hash
+from cccad.config import HISTORY_ONLY, RETIRED, Config, ConfigError, TrainConfig, config_hash
 from cccad.fs import atomic_torch_save
 
 
 def resume_hash(decided_by: dict) -> str:
     """A checkpoint resumes only under the same config as far as it decides the weights (the
-    stage's `decided_by`, less the cadence of logging and checkpoints)."""
-    d = dict(decided_by)
-    if "train" in d:
-        d["train"] = {k: v for k, v in d["train"].items() if f"train.{k}" not in CADENCE}
-    return config_hash(d)
+    stage's `decided_by`, less the keys that decide only the logged history)."""
+    d = {section: {k: v for k, v in keys.items() if f"{section}.{k}" not in HISTORY_ONLY + tuple(RETIRED)}
+         if isinstance(keys, dict) else keys for section, keys in decided_by.items()}
+    return config_hash({section: keys for section, keys in d.items() if keys != {}})
 
 
 class Interrupted(Exception):

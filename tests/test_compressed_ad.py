@@ -7,9 +7,9 @@ import torch
 from cccad.config import ModelConfig
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.ad import ADTransformer
-from cccad.models.compressed_ad import CompressedAD
+from cccad.models.compressed_ad import CompressedAD, WithReconstruction
 from cccad.models.context import CompressedWindow, History, SlidingWindow
-from cccad.models.policies import PRETRAINED_FILE
+from cccad.models.policies import PRETRAINED_FILE, build_model
 from cccad.checkpoint import FINAL_MODEL
 from conftest import TINY, cccad, write_yaml
 
@@ -125,22 +125,97 @@ def test_ad_window_moving_an_episode_at_a_time_holds_whole_recent_episodes():
 
 
 def test_learning_speed_reads_the_history():
-    from cccad.config import load_config
     from cccad.stages.train import learning_speed
-    cfg = load_config(None, ["train.converged_loss=1.0", "train.converged_return=0.5"])
     loss = [1.6, 1.5, 1.4, 1.2, 1.0, 0.9, 0.8, 0.8, 0.7, 0.7, 0.9, 0.5, 0.9, 0.5, 0.9, 0.5]
     history = [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(loss)]
     history[5]["eval_normalised_return"], history[9]["eval_normalised_return"] = 0.3, 0.6
-    speed = learning_speed(history, cfg)
-    # the trailing mean of 5 logged losses first <= 1.0 at the 8th row (mean of 1.0 .. 0.8 = 0.9)
-    assert speed["steps_to_loss"] == 80 and speed["steps_to_return"] == 100
+    history[-1]["val_loss"] = 0.55
+    speed = learning_speed(history)
     assert speed["mean_loss"] == pytest.approx(sum(loss) / len(loss)) and speed["mean_eval_return"] == pytest.approx(0.45)
+    assert speed["final_val_loss"] == pytest.approx(0.55)
     # a zigzag of +-0.1: its centred mean of 5 is +-0.02, so it oscillates by 0.08 about it
-    zigzag = learning_speed([{"step": i, "loss": 1.0 + 0.1 * (-1) ** i} for i in range(40)], cfg)
+    zigzag = learning_speed([{"step": i, "loss": 1.0 + 0.1 * (-1) ** i} for i in range(40)])
     assert zigzag["loss_oscillation"] == pytest.approx(0.08)
-    flat = learning_speed([{"step": r["step"], "loss": 1.5} for r in history], cfg)
-    assert flat["steps_to_loss"] is None and flat["loss_oscillation"] == pytest.approx(0) and flat["steps_to_return"] is None
-    assert flat["mean_eval_return"] is None and flat["mean_loss"] == pytest.approx(1.5)
+    flat = learning_speed([{"step": r["step"], "loss": 1.5} for r in history])
+    assert flat["loss_oscillation"] == pytest.approx(0) and flat["mean_eval_return"] is None
+    # with a reconstruction loss: its logged action part
+    joint = [{**r, "loss": r["loss"] + 0.3, "action_loss": r["loss"]} for r in history]
+    joint[-1].update(val_loss=0.9, val_action_loss=0.55)
+    assert learning_speed(joint)["mean_loss"] == pytest.approx(speed["mean_loss"])
+    assert learning_speed(joint)["final_val_loss"] == pytest.approx(0.55)
+
+
+def test_the_reconstruction_variant_logs_its_action_loss_on_every_batch(tmp_path):
+    """Validation averages each stat over the batches that have it: the action part must be on
+    every batch (a depth-0 window has no reconstruction), so it equals the plain action loss."""
+    from cccad.config import load_config
+    from cccad.stages.train import action_loss, with_reconstruction_loss
+    cfg = load_config(None, ["model.kind=compressed_ad", "model.n_embd=16", "model.n_layer=1", "model.n_head=2",
+                             "model.encoder_n_layer=1", "model.recent_len=4", "model.chunk_len=4", "model.n_latent=2",
+                             "train.reconstruction_weight=2.0"])
+    torch.manual_seed(0)
+    policy = build_model(cfg)
+    model = WithReconstruction(policy, cfg.pretrain, OBS_DIM, N_ACTIONS).eval()
+    for depth in (0, 2):
+        h = random_history(3, 4 * depth + 4, seed=depth)
+        batch = {"features": h.features(0, 4 * depth + 4), "actions": h.actions}
+        with torch.no_grad():
+            total, stats = with_reconstruction_loss(2.0)(model, batch)
+            plain, _ = action_loss(policy, batch)
+        torch.testing.assert_close(stats["action_loss"], plain)
+        assert ("reconstruction" in stats) == (depth > 0)
+        if depth:
+            torch.testing.assert_close(total, plain + 2.0 * stats["reconstruction"])
+
+
+def test_learning_speed_thresholds_are_shared_by_the_runs_of_an_env_and_model_kind():
+    from cccad.config import load_config
+    from cccad.stages.train import across_runs
+    cad, ad = load_config(None, ["model.kind=compressed_ad"]), load_config(None, ["model.kind=ad"])
+
+    def run(losses, returns):
+        history = [{"step": 10 * (i + 1), "loss": v} for i, v in enumerate(losses)]
+        for i, r in returns.items():
+            history[i]["eval_normalised_return"] = r
+        return {"chance_loss": 1.6, "history": history}
+
+    fast, slow = run([1.6] * 4 + [0.9] * 12, {3: 0.5, 15: 0.9}), run([1.6] * 10 + [1.2] * 6, {3: 0.1, 15: 0.5})
+    flat, other = run([1.6] * 16, {15: 0.0}), run([1.6] * 16, {})
+    empty = {"chance_loss": 1.6, "history": []}
+    runs = [(cad, fast), (cad, slow), (ad, flat)]
+    across_runs(runs)
+    # both CompressedAD runs reached a smoothed loss of 1.2 (slow's lowest) and a return of 0.5
+    # (slow's highest): thresholds 1.6 - 0.9 x 0.4 = 1.24 and 0.45
+    assert fast["loss_threshold"] == slow["loss_threshold"] == pytest.approx(1.24)
+    assert fast["return_threshold"] == slow["return_threshold"] == pytest.approx(0.45)
+    # fast's trailing mean of 5 is (2 x 1.6 + 3 x 0.9) / 5 = 1.18 at its 7th row; slow's first <= 1.24 is 1.2, at its 15th
+    assert (fast["steps_to_loss"], slow["steps_to_loss"]) == (70, 150)
+    assert (fast["steps_to_return"], slow["steps_to_return"]) == (40, 160)
+    # AD is measured apart, and it learned nothing: no threshold
+    assert flat["loss_threshold"] is None and flat["steps_to_loss"] is None and flat["steps_to_return"] is None
+    across_runs([(cad, fast), (cad, other)])  # a run without in-training evaluations: no return threshold
+    assert fast["return_threshold"] is None and fast["steps_to_return"] is None and other["steps_to_return"] is None
+    across_runs([(cad, fast), (cad, empty)])  # a run that logged nothing: no threshold, no error
+    assert fast["loss_threshold"] is None and empty["steps_to_loss"] is None and empty["steps_to_return"] is None
+
+
+def test_runs_from_before_the_thresholds_left_the_config_keep_their_identity():
+    """The run and checkpoint hashes of every stage as they were when train.converged_loss and
+    converged_return existed."""
+    from cccad.config import load_config
+    from cccad.runinfo import run_hash
+    from cccad.stages import STAGES
+    from cccad.trainer import resume_hash
+    before = {(): {"pretrain_encoder": ("dc24b5e6c7e58227", "4048b51ef9ed04c1"), "train": ("36ea34eff38b335a", "60f49b03ad6b3251"),
+                   "evaluate": ("57b3bffe543e281e", None), "probe": ("76ab831cbe2b0b31", None),
+                   "train_jepa": ("89ced74266c29fa8", "3c2cad7bb5836f30"),
+                   "train_encoder_decoder": ("32238f17d2ae61da", "955c595522888350")},
+              ("model.kind=compressed_ad", "train.eval_every=50"): {"train": ("0384c5cf050439cb", "5dde1cfdb2bbf284")}}
+    for overrides, stages in before.items():
+        cfg = load_config(None, list(overrides))
+        for stage, (run, resume) in stages.items():
+            assert run is None or run_hash(cfg, stage) == run, (overrides, stage)
+            assert resume is None or resume_hash(STAGES[stage].decided_by(cfg)) == resume, (overrides, stage)
 
 
 def test_training_windows_start_at_episodes_when_aligned():

@@ -42,6 +42,14 @@ def test_study_runs_end_to_end_then_is_cached_and_isolates_failures(tmp_path):
     for plot in ("in_context-darkroom.png", "loss-train-darkroom.png", "collect-darkroom.png"):
         assert f"]({plot})" in report and (root / "report" / plot).stat().st_size > 5000
     assert re.search(r"Code of the complete runs: `[0-9a-f]{12}(\+dirty)?` \(6 runs\)", report)
+    # one loss threshold for both seeds: 90% of the way from chance to the higher of their lowest
+    # trailing means of 5 logged losses
+    trains = [json.loads((root / f"train-AD-darkroom-seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    lowest = [min(np.mean(v[max(0, i - 4):i + 1]) for i in range(len(v))) for v in
+              ([r["loss"] for r in m["history"]] for m in trains)]
+    threshold = np.log(5) - 0.9 * (np.log(5) - max(lowest))
+    assert re.search(rf"\| darkroom \| AD \| 2/2 \| [0-9.± ]+ \| {np.log(5):.4f} ± 0.0000 \| {threshold:.4f} ± 0.0000 \| "
+                     r"\d+ ± \d+ \| – \|", report), report
 
     again = cccad("local", study, "--runs", runs)
     assert again.stdout.count("[cached]") == 6 and "[run]" not in again.stdout

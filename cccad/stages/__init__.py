@@ -15,6 +15,9 @@ cluster submitter treat them alike.
     REPORT       its sections of the study report (cccad/sections.py)
     COMPARED     the metrics a study's comparisons between variants compare (a shared stage's,
                  between variants with runs of their own)
+    across_runs(runs)           (optional) metrics relative to the other complete runs of the same
+                                env in the report: adds keys to each run's metrics; runs are
+                                (config, metrics) pairs
     decided_by(cfg)             the config subset that decides the outputs (its hash stamps them)
     preflight(cfg)              raise ConfigError before any work if inputs are missing
     run(cfg, run_dir, log)      do the work; return the metrics dict

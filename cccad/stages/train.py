@@ -31,17 +31,23 @@ PER_VARIANT = True
 FAMILIES = ("darkroom",)
 TRAINS = True
 SMOOTHING = 5  # logged rows in the moving average of the training loss
+THRESHOLD_SHARE = 0.9  # a learning-speed threshold: this share of the level every compared run reached
 
 REPORT = (Section(
     "Action prediction (train)", "Cross-entropy of the next action on validation streams, against the uniform "
-    "guess (chance loss); how fast it learned: steps until the training loss (moving average of "
-    f"{SMOOTHING} logged steps) reached train.converged_loss, and until the held-out in-context return "
-    "(in-training evaluations) reached train.converged_return (- : not within the run), and without a threshold "
-    "the mean training loss over the run (the area under its curve per step: lower learned sooner) and the mean "
-    "held-out return over the in-training evaluations; how steadily: the loss's oscillation, the RMS of the logged "
-    "training loss about its moving average over the second half.",
+    "guess (chance loss). How fast it learned: the steps until the training loss (moving average of "
+    f"{SMOOTHING} logged steps) reached the loss threshold, and until the held-out in-context return (in-training "
+    "evaluations) reached the return threshold. Both thresholds are the same for every run of an env and model "
+    f"kind, so for every variant and seed compared: {THRESHOLD_SHARE:.0%} of the way from chance loss to the lowest "
+    f"loss that all those runs reached, and {THRESHOLD_SHARE:.0%} of the highest return that all of them reached "
+    "(- : none learned). Without a threshold: the mean training loss over the run (the area under its curve per "
+    "step: lower learned sooner) and the mean held-out return over the in-training evaluations. How steadily: the "
+    "loss's oscillation, the RMS of the logged training loss about its moving average over the second half. With "
+    "a reconstruction loss, every loss here is its action part (the training curves below show the total).",
     (Column("validation loss", lambda m: m.get("final_val_loss"), 4), Column("chance loss", lambda m: m.get("chance_loss"), 4),
+     Column("loss threshold", lambda m: m.get("loss_threshold"), 4),
      Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
+     Column("return threshold", lambda m: m.get("return_threshold")),
      Column("steps to return", lambda m: m.get("steps_to_return"), 0),
      Column("mean loss", lambda m: m.get("mean_loss"), 4),
      Column("mean in-training return", lambda m: m.get("mean_eval_return")),
@@ -59,13 +65,10 @@ COMPARED = (Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
 
 
 def summary(m: dict) -> str:
-    def reached(key: str, what: str) -> str:
-        return f"{what} at step {m[key]}" if m.get(key) is not None else f"not {what}"
-
     val = m.get("final_val_loss")
     return ((f"validation loss {val:.4f}" if val is not None else f"training loss {m['final_loss']:.4f}")
-            + f" (chance {m['chance_loss']:.4f}); " + reached("steps_to_loss", f"loss <= {m['converged_loss']}")
-            + ", " + reached("steps_to_return", f"return >= {m['converged_return']}")
+            + f" (chance {m['chance_loss']:.4f}); mean loss {m['mean_loss']:.4f}"
+            + (f", mean in-training return {m['mean_eval_return']:.3f}" if m.get("mean_eval_return") is not None else "")
             + (f"; oscillation {m['loss_oscillation']:.4f}" if m.get("loss_oscillation") is not None else ""))
 
 
@@ -103,6 +106,7 @@ def with_reconstruction_loss(weight: float):
     def loss(model, batch):
         logits, latents = model.policy(batch["features"], with_latents=True)
         total, stats = policy_loss(logits, batch)
+        stats["action_loss"] = total.detach()
         if latents is not None:
             n = batch["features"].shape[1] - logits.shape[1]  # the compressed transitions
             target = batch["features"][:, :n, transition_columns(OBS_DIM, N_ACTIONS)]
@@ -121,26 +125,53 @@ def window_length(cfg: Config, rng: np.random.Generator) -> int:
     return int(rng.integers(0, m.max_compression_depth + 1)) * m.chunk_len + m.recent_len
 
 
-def learning_speed(history: list[dict], cfg: Config) -> dict:
-    """Steps until the training loss's trailing moving average is at most train.converged_loss and
-    until the in-training evaluation's return reaches train.converged_return (None: not within the
-    run); the mean logged loss and the mean in-training return (how soon it learned, with no
-    threshold); the loss's oscillation: the RMS of the logged loss about its centred moving average,
-    over the second half of the run."""
-    steps = np.array([r["step"] for r in history])
-    loss = np.array([r["loss"] for r in history])
-    trailing = np.array([loss[max(0, i - SMOOTHING + 1):i + 1].mean() for i in range(len(loss))])
-    below = np.flatnonzero(trailing <= cfg.train.converged_loss)
+def action_losses(history: list[dict], prefix: str = "") -> np.ndarray:
+    """The logged (prefix "val_": validation) action losses: with a reconstruction loss, its logged
+    action part (runs from before 2026-12-07 did not log it: their total loss)."""
+    return np.array([r.get(f"{prefix}action_loss", r[f"{prefix}loss"]) for r in history
+                     if r.get(f"{prefix}loss") is not None])
+
+
+def trailing_mean(loss: np.ndarray) -> np.ndarray:
+    return np.array([loss[max(0, i - SMOOTHING + 1):i + 1].mean() for i in range(len(loss))])
+
+
+def learning_speed(history: list[dict]) -> dict:
+    """From the logged history, with no threshold: the mean action loss and the mean in-training
+    return (how soon it learned), and the loss's oscillation: the RMS of the logged loss about its
+    centred moving average, over the second half of the run; the final validation loss's action part."""
+    loss = action_losses(history)
+    val = action_losses(history, "val_")
     centred = np.convolve(loss, np.ones(SMOOTHING) / SMOOTHING, mode="valid")  # rows SMOOTHING//2 .. -SMOOTHING//2
     inner = loss[SMOOTHING // 2:len(loss) - SMOOTHING // 2]
     half = slice(len(inner) // 2, None)
     returns = [r["eval_normalised_return"] for r in history if "eval_normalised_return" in r]
-    reached = [r["step"] for r in history if r.get("eval_normalised_return", -1) >= cfg.train.converged_return]
-    return {"steps_to_loss": int(steps[below[0]]) if len(below) else None,
-            "steps_to_return": reached[0] if reached else None,
-            "mean_loss": float(loss.mean()), "mean_eval_return": float(np.mean(returns)) if returns else None,
+    return {"mean_loss": float(loss.mean()), "mean_eval_return": float(np.mean(returns)) if returns else None,
             "loss_oscillation": float(np.sqrt(np.mean((inner[half] - centred[half]) ** 2))) if len(inner) > 1 else None,
-            "converged_loss": cfg.train.converged_loss, "converged_return": cfg.train.converged_return}
+            "final_val_loss": float(val[-1]) if len(val) else None}
+
+
+def across_runs(runs: list[tuple[Config, dict]]) -> None:
+    """Steps to a loss and a return threshold, the same for every run of an env and model kind:
+    THRESHOLD_SHARE of the way from chance loss to the highest of the runs' lowest (smoothed)
+    losses, and of the lowest of their highest in-training returns, so every run reaches both
+    (None where some run learned nothing, or had no in-training evaluation)."""
+    for kind in dict.fromkeys(cfg.model.kind for cfg, _ in runs):
+        group = [m for cfg, m in runs if cfg.model.kind == kind]
+        trailing = [trailing_mean(action_losses(m.get("history", []))) for m in group]
+        returns = [[(r["step"], r["eval_normalised_return"]) for r in m.get("history", []) if "eval_normalised_return" in r]
+                   for m in group]
+        chance = group[0]["chance_loss"]
+        reached = max((t.min() if len(t) else np.inf) for t in trailing)
+        loss_threshold = chance - THRESHOLD_SHARE * (chance - reached) if reached < chance else None
+        best = min((max(v for _, v in rs) if rs else 0.0) for rs in returns)
+        return_threshold = THRESHOLD_SHARE * best if best > 0 else None
+        for m, t, rs in zip(group, trailing, returns):
+            steps = [r["step"] for r in m["history"] if r.get("loss") is not None]
+            m["loss_threshold"], m["return_threshold"] = loss_threshold, return_threshold
+            m["steps_to_loss"] = steps[int(np.flatnonzero(t <= loss_threshold)[0])] if loss_threshold is not None else None
+            m["steps_to_return"] = (next(s for s, v in rs if v >= return_threshold)
+                                    if return_threshold is not None else None)
 
 
 def run(cfg: Config, run_dir: Path, log=print) -> dict:
@@ -182,7 +213,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
                                            "global_step": step, "config": cfg.to_dict()}}
     result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch if len(val_ids) else None,
                                          final=final, evaluate=evaluate), log=log)
-    result.update(learning_speed(result["history"], cfg))
+    result.update(learning_speed(result["history"]))
     result["flops_per_token"] = policy.flops_per_token()
     result["chance_loss"] = float(np.log(N_ACTIONS))
     return result
