@@ -512,7 +512,8 @@ HISTORY_ONLY = ("train.log_every", "train.checkpoint_every", "train.keep_checkpo
 
 
 # keys since removed, kept in identities at the value every run had then, so runs from before keep
-# theirs (the learning-speed thresholds: set by the report since 2026-12-07)
+# theirs, and accepted in a config at that value, so configs from before load (the learning-speed
+# thresholds: set by the report since 2026-12-07)
 RETIRED = {"train.converged_loss": 1.0, "train.converged_return": 0.8}
 
 
@@ -727,6 +728,11 @@ def _build_dataclass(cls, data: Any, prefix: str, sources: dict):
     for key in data:
         if key not in names:
             dotted = f"{prefix}{key}"
+            if dotted in RETIRED:  # (resolved configs of studies submitted before hold it)
+                if data[key] == RETIRED[dotted]:
+                    continue
+                raise ConfigError(f"{_source(sources, dotted)}: '{dotted}' was removed (the report sets learning-speed "
+                                  f"thresholds from the study's runs); delete it")
             close = difflib.get_close_matches(str(key), sorted(names), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"{_source(sources, dotted)}: unknown key '{dotted}'{hint}")

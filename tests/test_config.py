@@ -31,6 +31,14 @@ def test_unknown_key_names_key_and_file(tmp_path):
     assert "train.lrr" in msg and path in msg and "did you mean lr" in msg
 
 
+def test_a_retired_key_loads_at_its_old_value_and_is_refused_at_another(tmp_path):
+    """Resolved configs of studies submitted before the thresholds left the config hold them."""
+    old = write_yaml(tmp_path / "old.yaml", {"train": {"converged_loss": 1.0, "converged_return": 0.8, "steps": 700}})
+    assert load_config(old).train.steps == 700
+    msg, path = error_of(tmp_path, {"train": {"converged_loss": 0.9}})
+    assert "'train.converged_loss' was removed" in msg and path in msg
+
+
 def test_unknown_key_from_parent_names_parent_file(tmp_path):
     write_yaml(tmp_path / "parent.yaml", {"env": {"sise": 9}})
     msg, _ = error_of(tmp_path, {"extends": "parent.yaml"})
