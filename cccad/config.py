@@ -508,7 +508,8 @@ HOW_NOT_WHAT = ("train.strategy", "train.collective_timeout_s")
 # checkpoints. Part of its outputs' identity, not of its checkpoints' (a checkpoint resumes under
 # other values)
 HISTORY_ONLY = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.val_every",
-                "train.val_batches", "train.eval_every", "train.eval_streams_per_task")
+                "train.val_batches", "train.eval_every", "train.eval_streams_per_task",
+                "evaluate.episodes", "evaluate.greedy", "evaluate.batch_size", "evaluate.window_stride")
 
 
 # keys since removed, kept in identities at the value every run had then, so runs from before keep

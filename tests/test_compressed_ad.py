@@ -210,12 +210,41 @@ def test_runs_from_before_the_thresholds_left_the_config_keep_their_identity():
                    "evaluate": ("57b3bffe543e281e", None), "probe": ("76ab831cbe2b0b31", None),
                    "train_jepa": ("89ced74266c29fa8", "3c2cad7bb5836f30"),
                    "train_encoder_decoder": ("32238f17d2ae61da", "955c595522888350")},
-              ("model.kind=compressed_ad", "train.eval_every=50"): {"train": ("0384c5cf050439cb", "5dde1cfdb2bbf284")}}
+              # (its run hash changed since: its in-training evaluations' settings joined it; its checkpoints' did not)
+              ("model.kind=compressed_ad", "train.eval_every=50"): {"train": (None, "5dde1cfdb2bbf284")}}
     for overrides, stages in before.items():
         cfg = load_config(None, list(overrides))
         for stage, (run, resume) in stages.items():
             assert run is None or run_hash(cfg, stage) == run, (overrides, stage)
             assert resume is None or resume_hash(STAGES[stage].decided_by(cfg)) == resume, (overrides, stage)
+
+
+def test_in_training_evaluations_decide_a_training_runs_identity_not_its_checkpoints():
+    """With train.eval_every, the evaluate keys its evaluations play by (episodes, greedy, batch
+    size, and AD's window stride) make another run; its checkpoints still resume under them."""
+    from cccad.config import load_config
+    from cccad.runinfo import run_hash
+    from cccad.stages import STAGES
+    from cccad.trainer import resume_hash
+
+    def hashes(*overrides):
+        cfg = load_config(None, list(overrides))
+        return run_hash(cfg, "train"), resume_hash(STAGES["train"].decided_by(cfg))
+
+    for kind in ("ad", "compressed_ad"):
+        base = hashes(f"model.kind={kind}", "train.eval_every=50")
+        for key in ("evaluate.episodes=7", "evaluate.greedy=true", "evaluate.batch_size=64"):
+            other = hashes(f"model.kind={kind}", "train.eval_every=50", key)
+            assert other[0] != base[0] and other[1] == base[1], (kind, key)
+        # the final evaluation's stream count is not the in-training one (train.eval_streams_per_task)
+        assert hashes(f"model.kind={kind}", "train.eval_every=50", "evaluate.streams_per_task=3") == base
+        # without in-training evaluations the evaluate keys decide nothing of a training run
+        assert hashes(f"model.kind={kind}", "evaluate.episodes=7") == hashes(f"model.kind={kind}")
+    # AD's window stride decides its evaluations; CompressedAD's window moves by its chunks
+    ad = hashes("model.kind=ad", "train.eval_every=50")
+    assert hashes("model.kind=ad", "train.eval_every=50", "evaluate.window_stride=20")[0] != ad[0]
+    cad = hashes("model.kind=compressed_ad", "train.eval_every=50")
+    assert hashes("model.kind=compressed_ad", "train.eval_every=50", "evaluate.window_stride=20") == cad
 
 
 def test_training_windows_start_at_episodes_when_aligned():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cccad.checkpoint import FINAL_MODEL
-from cccad.config import Config, ConfigError
+from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import open_collected, require_dataset
 from cccad.data.histories import sample_windows, split_streams, window_align
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
@@ -73,7 +73,12 @@ def summary(m: dict) -> str:
 
 
 def decided_by(cfg: Config) -> dict:
-    return trained_by(cfg)
+    if not cfg.train.eval_every:
+        return trained_by(cfg)
+    # its in-context evaluations during training play by these (their stream count is
+    # train.eval_streams_per_task; CompressedAD's window moves by its chunks)
+    drop = ("evaluate.streams_per_task",) + (("evaluate.window_stride",) if cfg.model.kind == "compressed_ad" else ())
+    return {**trained_by(cfg), **pick(cfg, "evaluate", drop=drop)}
 
 
 def preflight(cfg: Config) -> None:
