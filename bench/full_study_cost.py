@@ -27,7 +27,7 @@ import torch
 
 from common import ROOT, Row, report, steady_rate
 
-from cccad.config import Config, config_hash, load_config, nest
+from cccad.config import Config, config_hash, load_config
 from cccad.data.collected import KIND, dataset_config
 from cccad.data.histories import collect_histories
 from cccad.data.store import DatasetWriter
@@ -35,7 +35,7 @@ from cccad.envs.darkroom import DarkroomTasks
 from cccad.incontext import evaluate
 from cccad.models.policies import PRETRAINED_FILE, build_model
 from cccad.stages import STAGES
-from cccad.study import env_layer
+from cccad.study import env_layer, task_layers
 
 STUDY = ROOT / "configs" / "studies" / "full.yaml"
 GPU_STEP_S = 0.010  # an optimiser step of a small transformer, launch-bound (forward, backward, AdamW)
@@ -44,10 +44,9 @@ GPU_FLOPS = 50e12  # sustained bf16 FLOP/s where FLOPs do bound a step (about a 
 
 
 def study_config(study_file: Path, env: str, variant: str | None, overrides: list[str]) -> Config:
-    study = load_config(study_file)
-    extra = [env_layer(study_file, env)]
-    if variant:
-        extra.append((nest(study.study.variants[variant], variant), variant))
+    """The config of the study's task for `env`, its first seed and `variant` (as the study runner layers it)."""
+    study = load_config(study_file).study
+    extra = task_layers(study_file, study.variants, env_layer(study_file, env), study.seeds[0], variant)
     return load_config(study_file, overrides, extra=extra)
 
 

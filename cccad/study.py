@@ -88,6 +88,16 @@ def env_layer(study_file: Path, env: str) -> tuple[dict, str]:
     return layer, str(path)
 
 
+def task_layers(study_file: Path, variants: dict, env: tuple[dict, str], seed: int, variant: str | None) -> list:
+    """The layers a study's task puts over its study file: its env's file (`env_layer`), its seed,
+    and its variant's keys."""
+    extra = [env, ({"seed": seed}, f"{study_file} (study.seeds)")]
+    if variant is not None:
+        where = f"{study_file} (study.variants.{variant})"
+        extra.append((nest(variants[variant], where), where))
+    return extra
+
+
 def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: str | Path = "runs") -> tuple[Config, list[Task]]:
     """All tasks of a study in dependency order."""
     study_file = Path(study_file)
@@ -119,11 +129,7 @@ def build_tasks(study_file: str | Path, overrides: list[str] = (), runs_root: st
         return hashes[(stage, env, seed, variant)]
 
     def layers(env: str, seed: int, variant: str | None) -> list:
-        extra = [env_layers[env], ({"seed": seed}, f"{study_file} (study.seeds)")]
-        if variant is not None:
-            where = f"{study_file} (study.variants.{variant})"
-            extra.append((nest(st.variants[variant], where), where))
-        return extra
+        return task_layers(study_file, st.variants, env_layers[env], seed, variant)
 
     def upstream_variant(need: str, env: str, seed: int, variant: str | None) -> str | None:
         """The variant whose run of `need` a `variant` task reads: its own for per-variant stages, and
