@@ -40,7 +40,7 @@ REPORT = (Section(
     "evaluations) reached the return threshold. Both thresholds are the same for every run of an env and model "
     f"kind, so for every variant and seed compared: {THRESHOLD_SHARE:.0%} of the way from chance loss to the lowest "
     f"loss that all those runs reached, and {THRESHOLD_SHARE:.0%} of the highest return that all of them reached "
-    "(- : none learned). Without a threshold: the mean training loss over the run (the area under its curve per "
+    "(–: some run learned nothing, or ran no in-training evaluation). Without a threshold: the mean training loss over the run (the area under its curve per "
     "step: lower learned sooner) and the mean held-out return over the in-training evaluations. How steadily: the "
     "loss's oscillation, the RMS of the logged training loss about its moving average over the second half. With "
     "a reconstruction loss, every loss here is its action part (the training curves below show the total).",
