@@ -123,7 +123,8 @@ def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple:
 
 def scalars(run_dir: Path, tags: tuple[str, ...] = ()) -> tuple[str, np.ndarray, np.ndarray] | None:
     """A TensorBoard scalar of a run: the first of `tags` it has, or without `tags` its training
-    loss (the first tag ending in /loss that is not a validation one)."""
+    loss (the first tag ending in /loss that is not a validation one; its action part, /action_loss,
+    where a reconstruction loss is added to it)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not (run_dir / "tb").is_dir():
@@ -131,8 +132,10 @@ def scalars(run_dir: Path, tags: tuple[str, ...] = ()) -> tuple[str, np.ndarray,
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     have = acc.Tags()["scalars"]
-    tag = next((t for t in tags if t in have), None) if tags else \
-        next((t for t in have if t.endswith("/loss") and not t.startswith("val/")), None)
+    if not tags:
+        training = [t for t in have if not t.startswith("val/")]
+        tags = [t for t in training if t.endswith("/action_loss")] + [t for t in training if t.endswith("/loss")]
+    tag = next((t for t in tags if t in have), None)
     if tag is None:
         return None
     events = acc.Scalars(tag)
@@ -267,8 +270,8 @@ class Report:
         trained = [s for s in STAGES if STAGES[s].TRAINS and groups(self.runs, s)]
         if not trained:
             return
-        self.heading("Training curves", "Training loss per logged step: mean over seeds, band the 95% interval "
-                     "(none with one seed).")
+        self.heading("Training curves", "Training loss per logged step (with a reconstruction loss, its action "
+                     "part): mean over seeds, band the 95% interval (none with one seed).")
         for stage in trained:
             by_env: dict[str, dict] = {}
             for key, rs in groups(self.runs, stage).items():

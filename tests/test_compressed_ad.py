@@ -357,3 +357,18 @@ def test_curriculum_beyond_max_depth_is_refused_naming_the_key(tmp_path, pretrai
                  "model.max_compression_depth=2", check=False)
     assert proc.returncode == 2 and "pretrain.curriculum: uses depth 3, beyond model.max_compression_depth=2" in proc.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_training_curves_draw_the_action_part_of_a_loss_with_reconstruction(tmp_path):
+    """The report's training curve of a run whose loss adds a reconstruction term is its action
+    part (as the learning-speed table is); a run without one, its loss."""
+    from torch.utils.tensorboard import SummaryWriter
+    from cccad.report import scalars
+    for name, tags in (("reconstruction", ("train/loss", "train/action_loss", "val/action_loss")), ("plain", ("train/loss",))):
+        with SummaryWriter(str(tmp_path / name / "tb")) as writer:
+            for step in (10, 20):
+                for i, tag in enumerate(tags):
+                    writer.add_scalar(tag, float(i + step), step)
+    tag, steps, values = scalars(tmp_path / "reconstruction")
+    assert tag == "train/action_loss" and steps.tolist() == [10, 20] and values.tolist() == [11, 21]
+    assert scalars(tmp_path / "plain")[0] == "train/loss"

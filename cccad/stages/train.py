@@ -43,7 +43,7 @@ REPORT = (Section(
     "(–: some run learned nothing, or ran no in-training evaluation). Without a threshold: the mean training loss over the run (the area under its curve per "
     "step: lower learned sooner) and the mean held-out return over the in-training evaluations. How steadily: the "
     "loss's oscillation, the RMS of the logged training loss about its moving average over the second half. With "
-    "a reconstruction loss, every loss here is its action part (the training curves below show the total).",
+    "a reconstruction loss, every loss here is its action part, as in the training curves below.",
     (Column("validation loss", lambda m: m.get("final_val_loss"), 4), Column("chance loss", lambda m: m.get("chance_loss"), 4),
      Column("loss threshold", lambda m: m.get("loss_threshold"), 4),
      Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
@@ -130,11 +130,15 @@ def window_length(cfg: Config, rng: np.random.Generator) -> int:
     return int(rng.integers(0, m.max_compression_depth + 1)) * m.chunk_len + m.recent_len
 
 
+def loss_rows(history: list[dict], prefix: str = "") -> list[dict]:
+    """The history's rows that logged a (prefix "val_": validation) loss."""
+    return [r for r in history if r.get(f"{prefix}loss") is not None]
+
+
 def action_losses(history: list[dict], prefix: str = "") -> np.ndarray:
     """The logged (prefix "val_": validation) action losses: with a reconstruction loss, its logged
     action part (runs from before 2026-12-07 did not log it: their total loss)."""
-    return np.array([r.get(f"{prefix}action_loss", r[f"{prefix}loss"]) for r in history
-                     if r.get(f"{prefix}loss") is not None])
+    return np.array([r.get(f"{prefix}action_loss", r[f"{prefix}loss"]) for r in loss_rows(history, prefix)])
 
 
 def trailing_mean(loss: np.ndarray) -> np.ndarray:
@@ -172,7 +176,7 @@ def across_runs(runs: list[tuple[Config, dict]]) -> None:
         best = min((max(v for _, v in rs) if rs else 0.0) for rs in returns)
         return_threshold = THRESHOLD_SHARE * best if best > 0 else None
         for m, t, rs in zip(group, trailing, returns):
-            steps = [r["step"] for r in m["history"] if r.get("loss") is not None]
+            steps = [r["step"] for r in loss_rows(m["history"])]
             m["loss_threshold"], m["return_threshold"] = loss_threshold, return_threshold
             m["steps_to_loss"] = steps[int(np.flatnonzero(t <= loss_threshold)[0])] if loss_threshold is not None else None
             m["steps_to_return"] = (next(s for s, v in rs if v >= return_threshold)
