@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -288,13 +289,15 @@ class Report:
                      + (" Not complete, so not in the tables above:" if problems else ""))
         self.lines += [f"- `{r.task.name}`: {r.state}: {r.why}" for r in problems] + ([""] if problems else [])
         commits = Counter()
-        rows = []
+        rows, attempts = [], []
         for r in self.runs:
             manifest = read_json(r.task.run_dir / MANIFEST) if r.metrics else None
             code = (manifest or {}).get("code", {})
             commit = (code.get("commit") or "?")[:12] + ("+dirty" if code.get("dirty") else "")
             if r.metrics:
                 commits[commit] += 1
+                if (manifest or {}).get("started"):
+                    attempts.append((manifest["started"], r.metrics["wall_seconds"]))
             rows.append([r.task.name, r.state, r.metrics["config_hash"] if r.metrics else "",
                          commit if r.metrics else "", f"{r.metrics['wall_seconds']:.0f}" if r.metrics else ""])
         now = git_commit()
@@ -303,8 +306,20 @@ class Report:
                      + "; its resolved config is `study.yaml` beside this report. Code of the complete runs: "
                      + (", ".join(f"`{c}` ({n} runs)" for c, n in commits.items()) or "none")
                      + f". Report written {time.strftime('%Y-%m-%d %H:%M:%S')} by `{(now.get('commit') or '?')[:12]}"
-                     + ("+dirty" if now.get("dirty") else "") + "`.")
+                     + ("+dirty" if now.get("dirty") else "") + "`." + time_spent(attempts))
         self.lines += markdown_table(["run", "state", "config hash", "code", "seconds"], rows)
+
+
+def time_spent(attempts: list[tuple[str, float]]) -> str:
+    """The complete runs' time, from each one's start (manifest, "%Y-%m-%dT%H:%M:%S%z") and seconds:
+    their sum, and the span from the first start to the last end. Each run's last attempt only:
+    a run requeued or resumed counts from its last start."""
+    if not attempts:
+        return ""
+    starts = [datetime.strptime(started, "%Y-%m-%dT%H:%M:%S%z").timestamp() for started, _ in attempts]
+    span = max(t + s for t, (_, s) in zip(starts, attempts)) - min(starts)
+    return (f" Time: {sum(s for _, s in attempts) / 60:.0f} run-minutes in all, {span / 60:.0f} minutes from the "
+            "first run's start to the last one's end (each run's last attempt; `seconds` below).")
 
 
 def write_report(study_file: str, overrides: list[str] = (), runs_root: str = "runs") -> Path:

@@ -372,3 +372,14 @@ def test_training_curves_draw_the_action_part_of_a_loss_with_reconstruction(tmp_
     tag, steps, values = scalars(tmp_path / "reconstruction")
     assert tag == "train/action_loss" and steps.tolist() == [10, 20] and values.tolist() == [11, 21]
     assert scalars(tmp_path / "plain")[0] == "train/loss"
+
+
+def test_the_report_states_a_studys_time_from_its_runs():
+    """Run-minutes summed, and the wall time from the first start to the last end (time zones
+    as the manifests give them)."""
+    from cccad.report import time_spent
+    text = time_spent([("2026-12-07T04:00:00+0000", 600.0), ("2026-12-07T05:00:00+0100", 1200.0),
+                       ("2026-12-07T04:30:00+0000", 3000.0)])
+    # 10 + 20 + 50 run-minutes; from 04:00 to 04:30 + 50 min (the second run: 04:00 UTC + 20 min)
+    assert "80 run-minutes in all, 80 minutes from the first run's start to the last one's end" in text
+    assert time_spent([]) == ""
