@@ -99,6 +99,12 @@ def cell(values: list[float], digits: int = 3) -> str:
     return text + (f" ± {half_width(v):.{digits}f}" if len(v) > 1 else "")
 
 
+def comparable(column: Column, a: dict, b: dict) -> bool:
+    """Two runs' metrics have the column's value, measured against the same basis (if it has one)."""
+    return (None not in (column.value(a), column.value(b))
+            and (column.basis is None or column.basis(a) == column.basis(b)))
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(row) + " |" for row in rows] + [""])
@@ -256,15 +262,19 @@ class Report:
                         of = {v: v if v in ran else None for v in (a, b)}
                         if of[a] == of[b]:
                             continue
-                        done = {v: {r.task.seed: column.value(r.metrics) for r in self.runs if r.metrics
+                        done = {v: {r.task.seed: r.metrics for r in self.runs if r.metrics
                                     and (r.task.stage, r.task.env, r.task.variant) == (stage, env, of[v])} for v in (a, b)}
-                        diffs = [done[a][s] - done[b][s] for s in done[a]
-                                 if s in done[b] and None not in (done[a][s], done[b][s])]
+                        both = [(done[a][s], done[b][s]) for s in done[a] if s in done[b]]
+                        diffs = [column.value(ma) - column.value(mb) for ma, mb in both if comparable(column, ma, mb)]
+                        if both and not diffs:
+                            continue  # a metric one of them has not (AD's latents), or measured against another threshold
                         rows.append([env, f"{a} - {b}", f"{column.header} ({stage})", str(len(diffs)),
                                      cell(diffs, column.digits)])
         if rows:
             self.heading("Comparisons between variants", "Per seed (the same data and evaluation streams), variant "
-                         "A's value less B's; mean ± 95% interval over the seeds both completed.")
+                         "A's value less B's; mean ± 95% interval over the seeds both completed. A metric one of them has "
+                         "not (AD's latents), or measured against another threshold (steps to a threshold set per "
+                         "model kind; none where some run learned nothing), is not compared.")
             self.lines += markdown_table(["env", "comparison", "metric", "seeds", "A - B"], rows)
 
     def training_curves(self) -> None:

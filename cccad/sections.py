@@ -20,6 +20,8 @@ class Column:
     header: str
     value: Callable[[dict], Any]  # a run's metrics (or view of them) -> a number, or None
     digits: int = 3
+    # what the value is measured against (a threshold): runs are compared on it only where that is the same
+    basis: Callable[[dict], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ import re
 import numpy as np
 import torch
 
+from cccad.report import gather
+from cccad.study import build_tasks
 from conftest import TINY, cccad, write_yaml
 
 STUDY = {**TINY, "study": {"name": "tiny", "envs": ["darkroom"], "seeds": [0, 1], "stages": ["collect", "train", "evaluate"],
@@ -134,8 +136,20 @@ def test_compressed_ad_study_graph(darkroom_study):
     rows = [r for r in recon["history"] if "reconstruction" in r]
     assert rows and rows[-1]["reconstruction"] < rows[0]["reconstruction"]  # the auxiliary loss is learned
     report = (root / "report" / "report.md").read_text()
-    for pair in ("CompressedAD-finetuned - CompressedAD-random", "CompressedAD-reconstruction - CompressedAD-random"):
+    for pair in ("CompressedAD-finetuned - CompressedAD-random", "CompressedAD-reconstruction - CompressedAD-random",
+                 "CompressedAD-random - AD"):
         assert f"| darkroom | {pair} | final normalised return (evaluate) | 1 |" in report, report
+    # steps to a threshold compare within a model kind (whose runs share the threshold), not across
+    # kinds; AD has no latents to probe
+    file = darkroom_study[0]
+    train = {r.task.variant: r.metrics for r in gather(build_tasks(file, [], root.parent)[1]) if r.task.stage == "train"}
+    assert train["AD"]["loss_threshold"] != train["CompressedAD-random"]["loss_threshold"]
+    assert train["CompressedAD-finetuned"]["loss_threshold"] == train["CompressedAD-random"]["loss_threshold"] is not None
+    steps = train["CompressedAD-finetuned"]["steps_to_loss"] - train["CompressedAD-random"]["steps_to_loss"]
+    assert f"| darkroom | CompressedAD-finetuned - CompressedAD-random | steps to loss (train) | 1 | {steps} |" in report
+    assert "| CompressedAD-random - AD | mean loss (train) | 1 |" in report
+    assert "| CompressedAD-random - AD | steps to loss" not in report
+    assert "| CompressedAD-random - AD | goal probe" not in report
     # the goal probe, a row per depth: the run's own accuracies
     probe = json.loads((root / "probe-CompressedAD-random-darkroom-seed0" / "metrics.json").read_text())
     for d in ("1", "2", "3"):

@@ -56,8 +56,8 @@ REPORT = (Section(
 
 
 # what a study's comparisons between variants compare (cccad/report.py)
-COMPARED = (Column("steps to loss", lambda m: m.get("steps_to_loss"), 0),
-            Column("steps to return", lambda m: m.get("steps_to_return"), 0),
+COMPARED = (Column("steps to loss", lambda m: m.get("steps_to_loss"), 0, basis=lambda m: m.get("loss_threshold")),
+            Column("steps to return", lambda m: m.get("steps_to_return"), 0, basis=lambda m: m.get("return_threshold")),
             Column("mean loss", lambda m: m.get("mean_loss"), 4),
             Column("mean in-training return", lambda m: m.get("mean_eval_return")),
             Column("loss oscillation", lambda m: m.get("loss_oscillation"), 4),
