@@ -96,6 +96,10 @@ class Profile:
     container_runtime: Literal["apptainer", "podman"] = "apptainer"  # apptainer: a SIF; podman: a local image
     env: dict[str, str] = field(default_factory=dict)  # set in every job, e.g. {GLOO_SOCKET_IFNAME: eth0}
     sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
+    # later stages first: each array's jobs are niced by how many stages may follow them, so a
+    # seed's evaluation starts once its training ends, before other seeds' trainings; a study
+    # stopped partway then has whole seeds. (A positive nice also yields a little to other users.)
+    later_stages_first: bool = False
     defaults: Resources = field(default_factory=Resources)
     stages: dict[str, Resources] = field(default_factory=dict)
 
@@ -121,8 +125,8 @@ class Profile:
         for key, value in self.sbatch.items():
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 err(f"sbatch.{key}", f"must be a string or a number, got {value!r}")
-            if key in ("array", "dependency", "job-name", "output", "error"):
-                err(f"sbatch.{key}", "is set by cccad submit")
+            if key in ("array", "dependency", "job-name", "output", "error") or (key == "nice" and self.later_stages_first):
+                err(f"sbatch.{key}", "is set by cccad submit" + " (later_stages_first)" * (key == "nice"))
 
     def resources(self, stage: str) -> Resources:
         return self.stages.get(stage, self.defaults)
@@ -154,6 +158,7 @@ class Array:
     needs: list["Array"]  # arrays with the same rows: task i waits for their task i (aftercorr)
     waits: list["Array"]  # arrays with other rows (one run serving every seed): all of them (afterok)
     resources: Resources
+    nice: int = 0  # sbatch --nice: later stages first (Profile.later_stages_first)
 
     def dependency(self, job_ids: dict[str, str] | None = None) -> str | None:
         """sbatch's --dependency (job ids of needed arrays as <name> until submitted)."""
@@ -165,7 +170,10 @@ class Array:
         opts = [f"--array=0-{len(self.tasks) - 1}%{profile.array_parallelism}"]
         if dependency := self.dependency(job_ids):
             opts += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
-        return opts
+        return opts + [f"--nice={self.nice}"] * bool(self.nice)
+
+
+NICE_STEP = 1000  # per stage: more than the FIFO priority between a study's first and last array
 
 
 def plan(tasks: list[Task], profile: Profile) -> list[Array]:
@@ -188,7 +196,11 @@ def plan(tasks: list[Task], profile: Profile) -> list[Array]:
         same_rows = [a for a in needs if [(t.env, t.seed) for t in a.tasks] == mine]  # aftercorr pairs task i with task i
         arrays[(stage, variant, fam)] = Array(name, stage, members, same_rows, [a for a in needs if a not in same_rows],
                                               profile.resources(stage))
-    return list(arrays.values())
+    out = list(arrays.values())
+    if profile.later_stages_first:
+        for a in reversed(out):  # the arrays that wait for it come later in the list, so are niced already
+            a.nice = max((b.nice + NICE_STEP for b in out if any(n is a for n in b.needs + b.waits)), default=0)
+    return out
 
 
 def describe(arrays: list[Array], profile: Profile, job_ids: dict[str, str] | None = None) -> list[str]:
@@ -418,7 +430,8 @@ def submit_arrays(arrays: list[Array], profile: Profile, study: str, root: Path,
                 name = array.name
                 dependency = array.dependency(job_ids)
                 ex = executor(array.resources, name, dependency or f"afterany:{gate}",
-                              **({"kill-on-invalid-dep": "yes"} if dependency else {}))
+                              **({"kill-on-invalid-dep": "yes"} if dependency else {}),
+                              **({"nice": array.nice} if array.nice else {}))
                 with ex.batch():
                     jobs = [ex.submit(StageJob(*study_args, t.name, profile.env, profile.container()))
                             for t in array.tasks]

@@ -23,6 +23,8 @@ GRAPH = {"collect": [], "pretrain_encoder": ["collect"],
          **{f"evaluate-{v}": [f"train-{v}"] for v in VARIANTS},
          **{f"probe-{v}": ["collect", f"train-{v}"] for v in VARIANTS}}
 
+NICE = {"collect": 3000, "pretrain_encoder": 2000, "train": 1000, "evaluate": 0, "probe": 0}
+
 
 def study(tmp_path, seeds=(0, 1), variants=None, **sections):
     st = {"name": "tiny", "envs": ["darkroom"], "seeds": list(seeds), **({"variants": variants} if variants else {})}
@@ -61,6 +63,7 @@ def test_array_task_refuses_an_upstream_run_made_under_another_config(tmp_path):
     ({"stages": {"train": {"time_min": 0}}}, "stages.train.time_min: must be at least 1"),
     ({"defaults": {"mem_gb": "lots"}}, "defaults.mem_gb: expected a number, got 'lots'"),
     ({"sbatch": {"dependency": "afterok:1"}}, "sbatch.dependency: is set by cccad submit"),
+    ({"later_stages_first": True, "sbatch": {"nice": 10}}, "sbatch.nice: is set by cccad submit (later_stages_first)"),
     ({"array_parallelism": 0}, "array_parallelism: must be at least 1"),
     ({"stages": {"collect": {"processes": 2}}}, "stages.collect.processes: this stage does not train"),
     ({"stages": {"train": {"nodes": 2, "min_nodes": 3}}}, "stages.train.min_nodes: must be between 1 and nodes (2)"),
@@ -77,12 +80,15 @@ def test_dry_run_lists_one_array_per_stage_and_variant_with_the_graph(tmp_path):
     out = cccad("submit", study(tmp_path), "--cluster", LOCAL, "--runs", tmp_path / "runs", "--dry-run").stdout
     n = 2 * (2 + 3 * len(VARIANTS))  # 2 seeds x (collect, pretrain, and train, evaluate, probe per variant)
     assert f"{n} tasks, {n} to submit in {n // 2} arrays" in out
-    found = {}
+    found, nice = {}, {}
     for name, opts in re.findall(r"^(\S+)\s+2  .*\n\s+(--array.*)$", out, re.M):
         assert opts.startswith("--array=0-1%4"), opts
         dep = re.search(r"--dependency=aftercorr:(\S+)", opts)
         found[name] = [d.strip("<>") for d in dep.group(1).split(":")] if dep else []
+        nice[name] = int(re.search(r"--nice=(\d+)", opts).group(1)) if "--nice" in opts else 0
     assert found == GRAPH, found
+    # later stages first (local.yaml): 1,000 of nice per stage that may follow an array
+    assert nice == {name: NICE[name.split("-")[0]] for name in GRAPH}, nice
     assert "0: darkroom seed 0, 1: darkroom seed 1" in out
     report = re.search(r"^report\s+1  .*\n\s+--dependency=afterany:(\S+)", out, re.M)
     assert report and sorted(d.strip("<>") for d in report.group(1).split(":")) == sorted(GRAPH)
@@ -157,12 +163,16 @@ def test_study_on_slurm_failed_seed_isolated_and_resubmission_idempotent(cluster
         tasks = scontrol_jobs(env, job_id)
         assert sorted(i for t in tasks for i in task_ids(t["ArrayTaskId"])) == [0, 1], (name, tasks)
         assert all(t["JobName"] == f"tiny:{name}" for t in tasks)
+        assert {t["Nice"] for t in tasks} == {str(NICE[name.split("-")[0]])}, (name, tasks)
         deps = {t.get("Dependency", "(null)") for t in tasks}
         if graph[name]:
             wanted = ",".join(f"aftercorr:{ids[n]}_*(unfulfilled)" for n in graph[name])
             assert deps == {wanted}, (name, deps, wanted)
         else:  # the held gate job, cancelled once all was in: its dependency is met or already gone
             assert all(re.fullmatch(r"afterany:\d+\((unfulfilled|fulfilled)\)|\(null\)", d) for d in deps), (name, deps)
+    # SLURM ranks a seed's evaluation above the trainings, and those above collection, though submitted later
+    rank = {name: int(scontrol_jobs(env, job_id)[0]["Priority"]) for name, job_id in ids.items()}
+    assert rank["evaluate-AD"] > rank["train-CompressedAD-finetuned"] > rank["pretrain_encoder"] > rank["collect"], rank
     (gate,) = [job for job in scontrol_jobs(env, "") if job["JobName"] == "tiny:gate"]
     assert gate["JobState"] == "CANCELLED" and gate["RunTime"] == "00:00:00", gate  # it never ran
     (report_job,) = scontrol_jobs(env, record["report_job"])  # the report waits for every array, however it ends
