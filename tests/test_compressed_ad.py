@@ -288,6 +288,17 @@ def pretrained(tmp_path_factory):
     return cfg, data, root / "pretrain"
 
 
+def test_pretraining_aligns_windows_as_compressed_ads_whatever_model_kind_its_config_holds(pretrained, tmp_path):
+    """Pre-training is a stage the variants share, so a study's config for it holds the default
+    model.kind (AD's); its windows are CompressedAD's encoder's all the same: with
+    train.align_to_episodes they start at an episode's first step."""
+    _, data, _ = pretrained
+    tiny = write_yaml(tmp_path / "tiny.yaml", TINY)  # model.kind: ad
+    cccad("run", "pretrain_encoder", "-c", tiny, "--out", tmp_path / "pre", f"inputs.dataset={data}",
+          "train.align_to_episodes=true", "pretrain.pretrain_steps=10", "pretrain.curriculum=[{steps: 10, depths: [1]}]")
+    assert "windows start at an episode's first step (every 20)" in (tmp_path / "pre" / "log.txt").read_text()
+
+
 def test_pretraining_loss_falls_and_correlation_rises(pretrained):
     m = json.loads((pretrained[2] / "metrics.json").read_text())
     first, last = m["history"][0], m["history"][-1]

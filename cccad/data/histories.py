@@ -169,12 +169,16 @@ def split_streams(n_streams: int, val_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def window_align(cfg: Config) -> int:
-    """Where training windows may start: any step, or (train.align_to_episodes, CompressedAD) an
-    episode's first. Never aligned for AD: its in-context window slides one step at a time, so it
-    acts on windows that start anywhere (trained on aligned ones only, it stayed near 0.3 on
-    Darkroom where it reaches 0.9)."""
-    return cfg.env.horizon if cfg.train.align_to_episodes and cfg.model.kind == "compressed_ad" else 1
+def window_align(cfg: Config, kind: str | None = None) -> int:
+    """Where the windows of a model `kind` (default: cfg.model.kind) may start: any step, or
+    (train.align_to_episodes, CompressedAD) an episode's first. Never aligned for AD: its in-context
+    window slides one step at a time, so it acts on windows that start anywhere (trained on aligned
+    ones only, it stayed near 0.3 on Darkroom where it reaches 0.9)."""
+    return cfg.env.horizon if cfg.train.align_to_episodes and (kind or cfg.model.kind) == "compressed_ad" else 1
+
+
+def describe_align(align: int) -> str:
+    return f"windows start at an episode's first step (every {align})" if align > 1 else "windows start at any step"
 
 
 def sample_windows(ds, ids: np.ndarray, rng: np.random.Generator, size: int, length: int, part: slice,

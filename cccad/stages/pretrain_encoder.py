@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import open_collected, require_dataset
-from cccad.data.histories import sample_windows, split_streams, window_align
+from cccad.data.histories import describe_align, sample_windows, split_streams, window_align
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.models.compressed_ad import EncoderPretrainer, transition_columns
 from cccad.models.policies import PRETRAINED_FILE, PRETRAINED_PARTS
@@ -101,14 +101,16 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     train_ids, val_ids = split_streams(n_streams, cfg.train.val_fraction, cfg.seed)
     scale = cfg.env.size - 1
     drawn = [dict.fromkeys(p.depths, 0) for p in pc.curriculum]
+    # CompressedAD's encoder, whatever model.kind this stage's shared config holds (the default, AD's)
+    align = window_align(cfg, "compressed_ad")
 
     def batch(rng, size, part, step):
         phase, depth = step_depth(cfg, rng, step)
         drawn[phase][depth] += size
-        return sample_windows(ds, train_ids, rng, size, depth * c, part, scale, window_align(cfg))
+        return sample_windows(ds, train_ids, rng, size, depth * c, part, scale, align)
 
     def val_batch(rng, size, i):  # every depth in turn
-        return sample_windows(ds, val_ids, rng, size, (1 + i % deepest) * c, slice(None), scale, window_align(cfg))
+        return sample_windows(ds, val_ids, rng, size, (1 + i % deepest) * c, slice(None), scale, align)
 
     planned = planned_depth_counts(cfg)
     log("samples per compression depth: " + "; ".join(
@@ -118,7 +120,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     model = EncoderPretrainer(cfg.model, pc, OBS_DIM, N_ACTIONS)
     log(f"encoder pre-training: {sum(p.numel() for p in model.parameters()):,} parameters "
         f"({sum(p.numel() for p in model.encoder.parameters()):,} in the encoder), "
-        f"{cfg.model.n_latent} latents per {c}-transition chunk")
+        f"{cfg.model.n_latent} latents per {c}-transition chunk; {describe_align(align)}")
     def final(m, step):  # the pre-training guide's file, exactly
         return {PRETRAINED_FILE: {**{f"{part}_state_dict": getattr(m, part).state_dict() for part in PRETRAINED_PARTS},
                                   "global_step": step, "config": cfg.to_dict()}}

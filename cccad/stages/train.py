@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cccad.checkpoint import FINAL_MODEL
 from cccad.config import Config, ConfigError, pick
 from cccad.data.collected import open_collected, require_dataset
-from cccad.data.histories import sample_windows, split_streams, window_align
+from cccad.data.histories import describe_align, sample_windows, split_streams, window_align
 from cccad.envs.darkroom import N_ACTIONS, OBS_DIM
 from cccad.incontext import evaluate as in_context
 from cccad.models.compressed_ad import WithReconstruction, transition_columns
@@ -194,13 +194,13 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
     train_ids, val_ids = split_streams(n_streams, cfg.train.val_fraction, cfg.seed)
     if not len(train_ids):
         raise ConfigError(f"train.val_fraction: {cfg.train.val_fraction} leaves none of {n_streams} streams to train on")
-    scale = cfg.env.size - 1
+    scale, align = cfg.env.size - 1, window_align(cfg)
 
     def batch(rng, size, part, step):
-        return sample_windows(ds, train_ids, rng, size, window_length(cfg, rng), part, scale, window_align(cfg))
+        return sample_windows(ds, train_ids, rng, size, window_length(cfg, rng), part, scale, align)
 
     def val_batch(rng, size, i):
-        return sample_windows(ds, val_ids, rng, size, window_length(cfg, rng), slice(None), scale, window_align(cfg))
+        return sample_windows(ds, val_ids, rng, size, window_length(cfg, rng), slice(None), scale, align)
 
     def evaluate(model):
         policy = model.policy if isinstance(model, WithReconstruction) else model
@@ -217,7 +217,7 @@ def run(cfg: Config, run_dir: Path, log=print) -> dict:
         loss = with_reconstruction_loss(cfg.train.reconstruction_weight)
     log(f"{type(policy).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters"
         + (f" (a reconstruction head, weight {cfg.train.reconstruction_weight})" if model is not policy else "")
-        + f", {len(train_ids)} training streams x {steps} transitions")
+        + f", {len(train_ids)} training streams x {steps} transitions; {describe_align(align)}")
     final = lambda m, step: {FINAL_MODEL: {"model_state_dict": policy.state_dict(),  # noqa: E731 (the policy alone)
                                            "global_step": step, "config": cfg.to_dict()}}
     result = fit(run_dir, cfg, Objective(model, loss, batch, decided_by(cfg), val_batch if len(val_ids) else None,
